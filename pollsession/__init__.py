@@ -1,0 +1,66 @@
+"""pollsession: a WebSocket-like session over plain HTTP long-polling.
+
+Write one ``async def`` per session, wrap it in an :class:`HttpHandler`, and
+mount the handler in Flask (``pollsession.adapters.flask``) or Tornado
+(``pollsession.adapters.tornado``). The wire protocol is described in
+``docs/protocol.md``.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from ._context import Headers, HttpContext, HttpResponse, RequestInfo
+from ._errors import (
+    BadRequest,
+    Forbidden,
+    HttpError,
+    InboxFull,
+    MessageTooLarge,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    PollsessionError,
+    ServiceUnavailable,
+    SessionClosed,
+    Unauthorized,
+    UnknownSession,
+    UnsupportedMediaType,
+)
+from ._handler import AuthHook, HttpHandler
+from ._messages import Message, MessageType
+from ._session import Session
+
+__all__ = [
+    "AuthHook",
+    "BadRequest",
+    "Forbidden",
+    "Headers",
+    "HttpContext",
+    "HttpError",
+    "HttpHandler",
+    "HttpResponse",
+    "InboxFull",
+    "Message",
+    "MessageTooLarge",
+    "MessageType",
+    "MethodNotAllowed",
+    "PayloadTooLarge",
+    "PollsessionError",
+    "RequestInfo",
+    "ServiceUnavailable",
+    "Session",
+    "SessionClosed",
+    "Unauthorized",
+    "UnknownSession",
+    "UnsupportedMediaType",
+    "client_script_path",
+    "__version__",
+]
+
+__version__ = "0.1.0"
+
+
+def client_script_path() -> Path:
+    """Where the browser client, ``pollsession.js``, is installed."""
+    return Path(str(resources.files(__name__).joinpath("static", "pollsession.js")))

@@ -1,0 +1,54 @@
+"""The tunables of a session target, checked once when the handler is built."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = ["Settings"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Every limit and timeout of one mounted target; see ``HttpHandler``."""
+
+    poll_timeout: float = 25.0
+    session_timeout: float = 60.0
+    cleanup_interval: float = 1.0
+    shutdown_timeout: float = 5.0
+    max_sessions: int = 10_000
+    max_message_size: int = 1 << 20
+    max_body_size: int = 4 << 20
+    inbox_limit: int = 64
+    outbox_limit: int = 256
+    retry_after: int = 1
+    preflight_max_age: int = 600
+    clock: Callable[[], float] = time.monotonic
+
+    def __post_init__(self) -> None:
+        for name in ("poll_timeout", "session_timeout", "cleanup_interval"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be a positive number of seconds, got {getattr(self, name)!r}")
+        if self.shutdown_timeout < 0:
+            raise ValueError(f"shutdown_timeout must be >= 0, got {self.shutdown_timeout!r}")
+        for name in ("max_sessions", "max_message_size", "max_body_size", "inbox_limit", "outbox_limit"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("retry_after", "preflight_max_age"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 0:
+                raise ValueError(f"{name} must be a whole number of seconds >= 0, got {value!r}")
+        if self.max_message_size > self.max_body_size:
+            raise ValueError("max_message_size cannot exceed max_body_size")
+
+    def open_document(self) -> dict[str, object]:
+        """The limits a client learns when it opens a session."""
+        return {
+            "poll_timeout": float(self.poll_timeout),
+            "session_timeout": float(self.session_timeout),
+            "inbox_limit": self.inbox_limit,
+            "max_message_size": self.max_message_size,
+            "max_body_size": self.max_body_size,
+        }

@@ -1,0 +1,146 @@
+"""The request/response surface between the core and a web framework.
+
+An adapter implements :class:`HttpContext` over its framework's request and
+writes the :class:`HttpResponse` value the core returns; it holds no protocol
+logic. :class:`RequestInfo` is the framework-neutral snapshot of the opening
+request that a session keeps (headers, query, cookies, client address).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from http.cookies import CookieError, SimpleCookie
+
+__all__ = ["HttpContext", "HttpResponse", "Headers", "RequestInfo"]
+
+
+class HttpContext(abc.ABC):
+    """What the core needs to know about one HTTP request.
+
+    Implement every method; each is called at most a few times per request,
+    from the thread that called the handler. ``body()`` is only called for
+    requests that carry one the core will read.
+    """
+
+    @abc.abstractmethod
+    def method(self) -> str:
+        """The request method, upper-case (``"GET"``)."""
+
+    @abc.abstractmethod
+    def path(self) -> str:
+        """The URL path the request was sent to, without the query string."""
+
+    @abc.abstractmethod
+    def scheme(self) -> str:
+        """``"http"`` or ``"https"``, as the request arrived (after any trusted proxy fix-up)."""
+
+    @abc.abstractmethod
+    def header(self, name: str) -> str | None:
+        """One request header by case-insensitive name, or None when absent."""
+
+    @abc.abstractmethod
+    def headers(self) -> Iterable[tuple[str, str]]:
+        """Every request header as ``(name, value)`` pairs, repeats included."""
+
+    @abc.abstractmethod
+    def query_items(self) -> Iterable[tuple[str, str]]:
+        """Every query parameter as ``(name, value)`` pairs, in order, repeats included."""
+
+    @abc.abstractmethod
+    def body(self) -> bytes:
+        """The whole request body."""
+
+    @abc.abstractmethod
+    def client_address(self) -> str | None:
+        """The peer's IP address, if known."""
+
+
+@dataclass(slots=True)
+class HttpResponse:
+    """A response value: the adapter writes status, headers and body as given."""
+
+    status: int
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+
+
+class Headers(Mapping[str, str]):
+    """Read-only, case-insensitive headers; repeated headers join with ``", "``."""
+
+    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
+        self._values: dict[str, list[str]] = {}
+        for name, value in items:
+            self._values.setdefault(name.lower(), []).append(value)
+
+    def __getitem__(self, name: str) -> str:
+        return ", ".join(self._values[name.lower()])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._values
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value of a header, in the order received."""
+        return list(self._values.get(name.lower(), ()))
+
+    def __repr__(self) -> str:
+        return f"Headers({self._values!r})"
+
+
+@dataclass(frozen=True)
+class RequestInfo:
+    """What the request that opened a session carried.
+
+    ``query`` maps each parameter to its first value; ``query_lists`` keeps
+    every value. ``cookies`` maps names to values.
+    """
+
+    method: str
+    path: str
+    scheme: str
+    headers: Headers
+    query_lists: Mapping[str, list[str]]
+    client_address: str | None
+
+    @classmethod
+    def from_context(cls, context: HttpContext) -> RequestInfo:
+        query: dict[str, list[str]] = {}
+        for name, value in context.query_items():
+            query.setdefault(name, []).append(value)
+        return cls(
+            method=context.method(),
+            path=context.path(),
+            scheme=context.scheme(),
+            headers=Headers(context.headers()),
+            query_lists=query,
+            client_address=context.client_address(),
+        )
+
+    @property
+    def query(self) -> dict[str, str]:
+        return {name: values[0] for name, values in self.query_lists.items()}
+
+    @property
+    def cookies(self) -> dict[str, str]:
+        jar: SimpleCookie = SimpleCookie()
+        for header in self.headers.get_all("cookie"):
+            try:
+                jar.load(header)
+            except CookieError:
+                continue
+        return {name: morsel.value for name, morsel in jar.items()}
+
+    @property
+    def origin(self) -> str | None:
+        return self.headers.get("origin") or None
+
+    @property
+    def user_agent(self) -> str | None:
+        return self.headers.get("user-agent")

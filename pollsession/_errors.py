@@ -1,0 +1,159 @@
+"""The one exception tree of pollsession.
+
+Every error the library raises descends from :class:`PollsessionError`::
+
+    PollsessionError
+    ├── SessionClosed            the session ended; carries the close code and reason
+    ├── MessageTooLarge          the application tried to send more than max_message_size
+    └── HttpError                a request is refused; carries the HTTP status
+        ├── BadRequest           400  the peer sent something malformed
+        ├── Unauthorized         401  an authentication hook refused the opening request
+        ├── Forbidden            403  origin refused, POST without a session, or a hook refused
+        ├── MethodNotAllowed     405
+        ├── UnknownSession       410  unknown, expired, forgotten or closed session
+        ├── PayloadTooLarge      413
+        ├── UnsupportedMediaType 415
+        ├── InboxFull            429  the session's inbox is full; carries the ack
+        └── ServiceUnavailable   503  too many sessions, or the handler is shut down
+
+:class:`HttpError` subclasses are turned into responses in exactly one place
+(``HttpHandler``), so each class knows its status and short error code. The
+``message`` is safe to show to the client; details belong in the log.
+Applications raise :class:`Unauthorized` or :class:`Forbidden` from their
+authentication hook to refuse a session.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "PollsessionError",
+    "SessionClosed",
+    "MessageTooLarge",
+    "HttpError",
+    "BadRequest",
+    "Unauthorized",
+    "Forbidden",
+    "MethodNotAllowed",
+    "UnknownSession",
+    "PayloadTooLarge",
+    "UnsupportedMediaType",
+    "InboxFull",
+    "ServiceUnavailable",
+]
+
+
+class PollsessionError(Exception):
+    """Base class of every exception raised by pollsession."""
+
+
+class SessionClosed(PollsessionError):
+    """The session has ended; no more messages can be sent or received.
+
+    ``code`` follows WebSocket close codes: 1000 normal (the peer closed),
+    1001 going away (expired, or the server shut down), 1008 policy violation,
+    1011 the server's coroutine raised; 4000-4999 are the application's.
+    The Python client also uses 1006 when the session ended without a close
+    (the server answered 410, or the retry budget ran out).
+    """
+
+    def __init__(self, code: int, reason: str = "") -> None:
+        super().__init__(code, reason)
+        self.code = code
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"session closed with code {self.code}" + (f": {self.reason}" if self.reason else "")
+
+
+class MessageTooLarge(PollsessionError, ValueError):
+    """A message is larger than the configured ``max_message_size``."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(size, limit)
+        self.size = size
+        self.limit = limit
+
+    def __str__(self) -> str:
+        return f"message of {self.size} bytes exceeds max_message_size of {self.limit} bytes"
+
+
+class HttpError(PollsessionError):
+    """A refused request: ``status`` and ``code`` go on the wire with ``message``."""
+
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.code}: {self.message}"
+
+
+class BadRequest(HttpError):
+    status = 400
+    code = "bad_request"
+
+
+class Unauthorized(HttpError):
+    """Raise from an authentication hook to refuse a session with 401."""
+
+    status = 401
+    code = "unauthorized"
+
+    def __init__(self, message: str = "authentication required", *, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+
+
+class Forbidden(HttpError):
+    """Raise from an authentication hook to refuse a session with 403."""
+
+    status = 403
+    code = "forbidden"
+
+    def __init__(self, message: str = "forbidden", *, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+
+
+class MethodNotAllowed(HttpError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class UnknownSession(HttpError):
+    status = 410
+    code = "unknown_session"
+
+
+class PayloadTooLarge(HttpError):
+    status = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(HttpError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class InboxFull(HttpError):
+    """Part of a batch did not fit; ``ack`` says how much the server holds."""
+
+    status = 429
+    code = "inbox_full"
+
+    def __init__(self, message: str, *, ack: int, retry_after: int) -> None:
+        super().__init__(message)
+        self.ack = ack
+        self.retry_after = retry_after
+
+
+class ServiceUnavailable(HttpError):
+    status = 503
+    code = "service_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after

@@ -1,0 +1,314 @@
+"""``HttpHandler``: one session target, speaking the protocol for every framework.
+
+A request goes through two stages. In the framework's thread the handler
+runs every check that needs no session (probe, origin, method, session id,
+media type, body size and shape; ``_requests``), and answers at once when one
+fails. What is left is a coroutine that it hands to its event-loop thread
+(``EventLoopThread.submit``), where the registry applies it to the session
+and the answer is built. Errors become responses in one place,
+:func:`error_response`.
+
+Thread-safety
+-------------
+
+``handle_request`` may be called from any number of framework threads at once
+(never from the handler's own loop thread); ``handle_request_async`` from any
+other running event loop, such as Tornado's. ``submit`` is the one way for
+application code in other threads to run a coroutine next to the sessions.
+``close`` is idempotent and safe from any thread but the loop's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import Any, TypeVar
+
+from ._config import Settings
+from ._context import HttpContext, HttpResponse, RequestInfo
+from ._errors import Forbidden, HttpError, InboxFull, MethodNotAllowed, ServiceUnavailable
+from ._loop import EventLoopThread, LoopStopped
+from ._messages import dump_json
+from ._origins import OriginPolicy
+from ._registry import Registry, Target
+from ._requests import ALLOW, SESSION_HEADER, Delete, Open, Operation, Poll, Preflight, Push, is_probe, parse_operation
+from ._session import Session
+
+__all__ = ["HttpHandler", "AuthHook", "error_response"]
+
+logger = logging.getLogger("pollsession")
+T = TypeVar("T")
+
+AuthHook = Callable[[RequestInfo], Any]
+"""``authenticate(request)``: return an identity (any value) to accept, raise
+``Unauthorized``/``Forbidden`` (or return ``False``) to refuse. It may be a
+plain function, run in the framework's request thread, or an ``async`` one,
+run on the handler's loop."""
+
+_JSON_HEADERS = [("Content-Type", "application/json"), ("Cache-Control", "no-store")]
+
+
+def _json_response(status: int, document: Any, headers: Iterable[tuple[str, str]] = ()) -> HttpResponse:
+    return HttpResponse(status, [*_JSON_HEADERS, *headers], dump_json(document).encode("utf-8"))
+
+
+def error_response(error: HttpError) -> HttpResponse:
+    """The one place where a refusal becomes an HTTP response."""
+    document: dict[str, Any] = {"error": error.code, "message": error.message}
+    headers: list[tuple[str, str]] = []
+    if isinstance(error, InboxFull):
+        document["ack"] = error.ack
+        headers.append(("Retry-After", str(error.retry_after)))
+    elif isinstance(error, ServiceUnavailable):
+        headers.append(("Retry-After", str(error.retry_after)))
+    elif isinstance(error, MethodNotAllowed):
+        headers.append(("Allow", ALLOW))
+    return _json_response(error.status, document, headers)
+
+
+class HttpHandler:
+    """Serves one session target: mount one handler at one URL of your app.
+
+    ``target`` is an ``async def`` taking a :class:`~pollsession.Session`; it
+    runs as one task per session on the handler's own event-loop thread,
+    started on first use. Every tunable is keyword-only:
+
+    * ``poll_timeout`` (25.0 s): longest hold of a long poll.
+    * ``session_timeout`` (60.0 s): a session with no request for this long expires (1001).
+    * ``cleanup_interval`` (1.0 s): how often the expiry timer runs.
+    * ``shutdown_timeout`` (5.0 s): how long ``close()`` waits for coroutines before cancelling them.
+    * ``allowed_origins`` (none): shell-style patterns of cross-origin sites allowed, e.g. ``"https://*.example.com"``.
+    * ``check_origin`` (None): a callable ``origin -> bool`` replacing ``allowed_origins``.
+    * ``allow_credentials`` (False): send ``Access-Control-Allow-Credentials: true`` to allowed origins.
+    * ``max_sessions`` (10,000): open (and closed, not yet forgotten) sessions; past it, 503.
+    * ``max_message_size`` (1 MiB) and ``max_body_size`` (4 MiB): 413 past them.
+    * ``inbox_limit`` (64): messages pushed and not yet read by the coroutine; past it, 429.
+    * ``outbox_limit`` (256): messages sent and not yet acknowledged; past it, ``send`` waits.
+    * ``retry_after`` (1 s): the ``Retry-After`` of 429 and 503 answers.
+    * ``preflight_max_age`` (600 s): ``Access-Control-Max-Age`` of preflight answers.
+    * ``authenticate`` (None): an :data:`AuthHook` that sees the opening request.
+    * ``clock`` (``time.monotonic``): the clock of expiry, injectable for tests.
+    """
+
+    def __init__(
+        self,
+        target: Target,
+        *,
+        poll_timeout: float = 25.0,
+        session_timeout: float = 60.0,
+        cleanup_interval: float = 1.0,
+        shutdown_timeout: float = 5.0,
+        allowed_origins: Iterable[str] = (),
+        check_origin: Callable[[str], bool] | None = None,
+        allow_credentials: bool = False,
+        max_sessions: int = 10_000,
+        max_message_size: int = 1 << 20,
+        max_body_size: int = 4 << 20,
+        inbox_limit: int = 64,
+        outbox_limit: int = 256,
+        retry_after: int = 1,
+        preflight_max_age: int = 600,
+        authenticate: AuthHook | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not callable(target):
+            raise TypeError(f"target must be an async function taking a Session, got {target!r}")
+        self.settings = Settings(
+            poll_timeout=poll_timeout,
+            session_timeout=session_timeout,
+            cleanup_interval=cleanup_interval,
+            shutdown_timeout=shutdown_timeout,
+            max_sessions=max_sessions,
+            max_message_size=max_message_size,
+            max_body_size=max_body_size,
+            inbox_limit=inbox_limit,
+            outbox_limit=outbox_limit,
+            retry_after=retry_after,
+            preflight_max_age=preflight_max_age,
+            clock=clock,
+        )
+        self._origins = OriginPolicy(
+            allowed_origins, check_origin, allow_credentials=allow_credentials, max_age=preflight_max_age
+        )
+        self._authenticate = authenticate
+        self._registry = Registry(target, self.settings)
+        self._loop_thread = EventLoopThread()
+        self._inflight: set[asyncio.Task[Any]] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # -- serving requests ----------------------------------------------------
+
+    def handle_request(self, context: HttpContext) -> HttpResponse:
+        """Answer one request, blocking the calling thread while a poll is held."""
+        if self._loop_thread.in_loop_thread():
+            raise RuntimeError("handle_request() cannot be called from the handler's own loop thread")
+        cors, step = self._begin(context)
+        if isinstance(step, HttpResponse):
+            return self._finish(step, cors)
+        try:
+            future = self._loop_thread.submit(step)
+        except LoopStopped:
+            return self._finish(self._unavailable(), cors)
+        try:
+            response = future.result(timeout=self.settings.poll_timeout + 60)
+        except (concurrent.futures.CancelledError, concurrent.futures.TimeoutError):
+            future.cancel()
+            response = self._unavailable()
+        return self._finish(response, cors)
+
+    async def handle_request_async(self, context: HttpContext) -> HttpResponse:
+        """Answer one request from another event loop without blocking it.
+
+        Cancelling the awaiting task (the client went away) releases a held poll.
+        """
+        cors, step = self._begin(context)
+        if isinstance(step, HttpResponse):
+            return self._finish(step, cors)
+        try:
+            future = self._loop_thread.submit(step)
+        except LoopStopped:
+            return self._finish(self._unavailable(), cors)
+        try:
+            response = await asyncio.wrap_future(future)
+        except concurrent.futures.CancelledError:
+            response = self._unavailable()
+        return self._finish(response, cors)
+
+    def _begin(self, context: HttpContext) -> tuple[list[tuple[str, str]], HttpResponse | Coroutine[Any, Any, HttpResponse]]:
+        """Checks that need no session; an immediate answer, or the coroutine to run on the loop."""
+        method = context.method().upper()
+        if is_probe(method, context):
+            return [], HttpResponse(200, [("Content-Type", "text/plain"), ("Cache-Control", "no-store")], b"ok")
+        origin = context.header("Origin") or ""
+        cors: list[tuple[str, str]] = []
+        if not self._origins.is_same_origin(origin, context.scheme(), context.header("Host")):
+            if not self._origins.is_allowed_origin(origin):
+                return [], error_response(Forbidden(f"origin {origin[:100]} is not allowed", code="origin_not_allowed"))
+            cors = self._origins.cors_headers(origin, preflight=method == "OPTIONS")
+        try:
+            operation = parse_operation(context, method, self.settings)
+            if isinstance(operation, Preflight):
+                return cors, HttpResponse(204, [] if cors else [("Allow", ALLOW)])
+            if self._closed:
+                return cors, self._unavailable()
+            if isinstance(operation, Delete) and operation.sid is None:
+                return cors, HttpResponse(204)
+            identity: Any = None
+            if isinstance(operation, Open):
+                request = RequestInfo.from_context(context)
+                identity = self._run_auth(request)
+                return cors, self._serve(operation, context.path(), request, identity)
+            return cors, self._serve(operation, context.path())
+        except HttpError as error:
+            return cors, error_response(error)
+
+    def _run_auth(self, request: RequestInfo) -> Any:
+        if self._authenticate is None:
+            return None
+        try:
+            identity = self._authenticate(request)
+        except HttpError:
+            raise
+        except Exception:
+            logger.exception("pollsession: the authentication hook raised")
+            raise HttpError("internal server error") from None
+        if identity is False:
+            raise Forbidden("the authentication hook refused the session")
+        return identity
+
+    async def _serve(
+        self, operation: Operation, path: str, request: RequestInfo | None = None, identity: Any = None
+    ) -> HttpResponse:
+        """Apply one operation to the sessions; runs on the loop."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._inflight.add(task)
+        try:
+            if isinstance(operation, Open):
+                assert request is not None
+                if inspect.isawaitable(identity):
+                    identity = await identity
+                    if identity is False:
+                        raise Forbidden("the authentication hook refused the session")
+                document = await self._registry.open(request, identity)
+                return _json_response(200, document, [(SESSION_HEADER, document["sid"])])
+            if isinstance(operation, Poll):
+                document = await self._registry.poll(
+                    operation.sid, path, operation.ack, operation.wait, operation.error
+                )
+                return _json_response(200, document)
+            if isinstance(operation, Push):
+                return _json_response(200, self._registry.push(operation.sid, path, operation.batch, operation.error))
+            assert isinstance(operation, Delete) and operation.sid is not None
+            self._registry.delete(operation.sid, path)
+            return HttpResponse(204)
+        except HttpError as error:
+            return error_response(error)
+        except Exception:
+            logger.exception("pollsession: internal error while serving %s", type(operation).__name__)
+            return error_response(HttpError("internal server error"))
+        finally:
+            self._inflight.discard(task)
+
+    def _finish(self, response: HttpResponse, cors: list[tuple[str, str]]) -> HttpResponse:
+        if cors:
+            response.headers.extend(cors)
+        return response
+
+    def _unavailable(self) -> HttpResponse:
+        return error_response(
+            ServiceUnavailable("the server is shutting down", retry_after=self.settings.retry_after,
+                               code="shutting_down")
+        )
+
+    # -- the loop and the sessions ---------------------------------------------
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Run ``coro`` on the handler's loop from any thread; the documented way in."""
+        return self._loop_thread.submit(coro)
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The handler's event loop (started if needed). From other threads, use ``submit``."""
+        return self._loop_thread.loop
+
+    def expire_idle_sessions(self, now: float | None = None) -> list[str]:
+        """Run expiry now (the timer does this every ``cleanup_interval``); return the expired ids."""
+        async def expire() -> list[str]:
+            return self._registry.expire(now)
+
+        return self.submit(expire()).result()
+
+    def close(self) -> None:
+        """Close every session with 1001, answer held polls, and join the loop thread. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self._loop_thread.in_loop_thread():
+            raise RuntimeError("HttpHandler.close() cannot be called from the handler's own loop thread")
+        if self._loop_thread.started:
+            try:
+                self.submit(self._shutdown()).result(timeout=self.settings.shutdown_timeout + 10)
+            except Exception:
+                logger.exception("pollsession: error while closing sessions")
+        self._loop_thread.stop()
+
+    async def _shutdown(self) -> None:
+        await self._registry.shutdown(self.settings.shutdown_timeout)
+        current = asyncio.current_task()
+        pending = {task for task in self._inflight if task is not current}
+        if pending:
+            await asyncio.wait(pending, timeout=self.settings.shutdown_timeout)
+
+    def __enter__(self) -> HttpHandler:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,205 @@
+"""Messages and their wire form, with no I/O.
+
+A message is text, binary or JSON, mirroring WebSocket frames plus JSON. This
+module owns every rule about what a valid message is: strict JSON decoding
+(no NaN, no Infinity, no number beyond a double, valid Unicode), canonical
+base64 for binary, the size of a message as the application sees it, and the
+shape of a pushed batch. Nothing here touches sessions or sockets.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ._errors import BadRequest, MessageTooLarge, PayloadTooLarge
+
+__all__ = [
+    "MessageType",
+    "Message",
+    "from_value",
+    "to_wire",
+    "parse_json",
+    "parse_batch",
+    "dump_json",
+]
+
+
+class MessageType(str, enum.Enum):
+    TEXT = "text"
+    BINARY = "binary"
+    JSON = "json"
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One message as the application sees it, with its size in bytes."""
+
+    type: MessageType
+    data: Any
+    size: int
+
+
+def dump_json(value: Any) -> str:
+    """Compact JSON, UTF-8 friendly; refuses NaN and Infinity."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def _utf8_size(text: str) -> int:
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise ValueError("text is not valid Unicode (lone surrogate)") from exc
+
+
+def from_value(value: Any, max_size: int) -> Message:
+    """Classify a value the application sends: str, bytes-like, or JSON.
+
+    Raises ``TypeError``/``ValueError`` for a value JSON cannot carry, and
+    :class:`MessageTooLarge` past ``max_size``.
+    """
+    if isinstance(value, str):
+        message = Message(MessageType.TEXT, value, _utf8_size(value))
+    elif isinstance(value, (bytes, bytearray, memoryview)):
+        data = bytes(value)
+        message = Message(MessageType.BINARY, data, len(data))
+    else:
+        message = json_message(value)
+    if message.size > max_size:
+        raise MessageTooLarge(message.size, max_size)
+    return message
+
+
+def json_message(value: Any) -> Message:
+    """A json-typed message for any JSON-serialisable value (even a str)."""
+    encoded = dump_json(value)
+    _check_json_number_range(value)
+    return Message(MessageType.JSON, value, _utf8_size(encoded))
+
+
+def _check_json_number_range(value: Any) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("JSON cannot carry NaN or Infinity")
+    if isinstance(value, int) and not isinstance(value, bool):
+        _check_int(value)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _check_json_number_range(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _check_json_number_range(item)
+
+
+def _check_int(value: int) -> None:
+    try:
+        float(value)
+    except OverflowError:
+        raise ValueError("JSON number is beyond the range of a double") from None
+
+
+def to_wire(seq: int, message: Message) -> dict[str, Any]:
+    """The wire form ``{"seq", "type", "data"}`` of an outgoing message."""
+    data = message.data
+    if message.type is MessageType.BINARY:
+        data = base64.b64encode(data).decode("ascii")
+    return {"seq": seq, "type": message.type.value, "data": data}
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is beyond the range of a double")
+    return value
+
+
+def _parse_int(text: str) -> int:
+    value = int(text)
+    _check_int(value)
+    return value
+
+
+def parse_json(body: bytes) -> Any:
+    """Decode a request body as strict UTF-8 JSON, or raise :class:`BadRequest`."""
+    try:
+        text = body.decode("utf-8")
+        value = json.loads(
+            text,
+            parse_constant=_refuse_constant,
+            parse_float=_parse_float,
+            parse_int=_parse_int,
+        )
+        # A lone surrogate (an escaped "\ud800") decodes fine but is not Unicode.
+        dump_json(value).encode("utf-8")
+    except (UnicodeError, ValueError, RecursionError) as exc:
+        raise BadRequest(f"body is not valid UTF-8 JSON: {exc}", code="invalid_json") from None
+    return value
+
+
+def _decode_data(type_: MessageType, data: Any, index: int) -> Message:
+    if type_ is MessageType.TEXT:
+        if not isinstance(data, str):
+            raise BadRequest(f"messages[{index}].data must be a string for type text")
+        return Message(type_, data, len(data.encode("utf-8")))
+    if type_ is MessageType.BINARY:
+        if not isinstance(data, str):
+            raise BadRequest(f"messages[{index}].data must be a base64 string for type binary")
+        try:
+            raw = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            raw = None
+        if raw is None or base64.b64encode(raw).decode("ascii") != data:
+            raise BadRequest(f"messages[{index}].data is not canonical padded base64", code="invalid_base64")
+        return Message(type_, raw, len(raw))
+    return Message(type_, data, len(dump_json(data).encode("utf-8")))
+
+
+def parse_batch(body: bytes, max_message_size: int) -> list[tuple[int, Message]]:
+    """Validate a pushed batch ``{"messages": [...]}``; return ``(seq, message)`` pairs.
+
+    Shape and values are checked for the whole batch first (400), then sizes
+    (413), so a bad batch is refused whole and delivers nothing. Sequence
+    numbers are checked here to be integers >= 1, consecutive and increasing;
+    how they relate to what the session already holds is the session's
+    business.
+    """
+    document = parse_json(body)
+    if not isinstance(document, dict) or not isinstance(document.get("messages"), list):
+        raise BadRequest('body must be an object {"messages": [...]}')
+    batch: list[tuple[int, Message]] = []
+    for index, item in enumerate(document["messages"]):
+        if not isinstance(item, dict):
+            raise BadRequest(f"messages[{index}] must be an object with seq, type and data")
+        seq = item.get("seq")
+        if type(seq) is not int or seq < 1:
+            raise BadRequest(f"messages[{index}].seq must be an integer >= 1, got {seq!r:.40}", code="bad_seq")
+        if batch and seq != batch[-1][0] + 1:
+            raise BadRequest(
+                f"messages[{index}].seq is {seq}, expected {batch[-1][0] + 1}: a batch must be consecutive",
+                code="bad_seq",
+            )
+        try:
+            type_ = MessageType(item.get("type"))
+        except ValueError:
+            raise BadRequest(
+                f"messages[{index}].type must be text, binary or json, got {item.get('type')!r:.40}",
+                code="bad_type",
+            ) from None
+        if "data" not in item:
+            raise BadRequest(f"messages[{index}] has no data")
+        batch.append((seq, _decode_data(type_, item["data"], index)))
+    for index, (_, message) in enumerate(batch):
+        if message.size > max_message_size:
+            raise PayloadTooLarge(
+                f"messages[{index}] is {message.size} bytes, over max_message_size of {max_message_size}",
+                code="message_too_large",
+            )
+    return batch

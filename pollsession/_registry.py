@@ -1,0 +1,232 @@
+"""The sessions of one target and every state change the protocol makes to them.
+
+Everything in this module runs on the handler's event-loop thread; the
+handler reaches it only through ``EventLoopThread.submit``. Requests arrive
+here already parsed and validated as far as can be done without session
+state (``_requests``), so each coroutine below is short: find the session,
+apply the rule, return a document for the answer.
+
+Expiry is driven by a timer on the loop every ``cleanup_interval`` seconds and
+costs time in proportion to the sessions that expire (``ExpiryQueue``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ._config import Settings
+from ._context import RequestInfo
+from ._errors import HttpError, InboxFull, ServiceUnavailable, SessionClosed, UnknownSession
+from ._expiry import ExpiryQueue
+from ._messages import Message
+from ._session import PollWake, Session
+
+__all__ = ["Registry", "Target"]
+
+logger = logging.getLogger("pollsession")
+
+Target = Callable[[Session], Awaitable[None]]
+
+
+class Registry:
+    """Sessions by id, their tasks, their expiry order; loop thread only."""
+
+    def __init__(self, target: Target, settings: Settings) -> None:
+        self._target = target
+        self._settings = settings
+        self._sessions: dict[str, Session] = {}
+        self._paths: dict[str, str] = {}
+        self._expiry: ExpiryQueue[str] = ExpiryQueue(settings.session_timeout)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._shutting_down = False
+
+    # -- lookups ---------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def get(self, sid: str) -> Session | None:
+        return self._sessions.get(sid)
+
+    def sessions(self) -> list[Session]:
+        return list(self._sessions.values())
+
+    def _find(self, sid: str, path: str) -> Session:
+        session = self._sessions.get(sid)
+        if session is None or self._paths[sid] != path:
+            raise UnknownSession("unknown, expired or closed session")
+        return session
+
+    def _touch(self, session: Session) -> None:
+        if not session._holds_poll:
+            self._expiry.touch(session.id, self._settings.clock())
+
+    def _forget(self, session: Session) -> None:
+        self._sessions.pop(session.id, None)
+        self._paths.pop(session.id, None)
+        self._expiry.discard(session.id)
+
+    # -- the protocol's operations ------------------------------------------
+
+    async def open(self, request: RequestInfo, identity: Any) -> dict[str, Any]:
+        """Create a session, start its task, and return the open answer."""
+        if self._shutting_down:
+            raise ServiceUnavailable("the server is shutting down", retry_after=self._settings.retry_after,
+                                     code="shutting_down")
+        if len(self._sessions) >= self._settings.max_sessions:
+            raise ServiceUnavailable(
+                f"the maximum of {self._settings.max_sessions} sessions is reached",
+                retry_after=self._settings.retry_after,
+                code="too_many_sessions",
+            )
+        sid = secrets.token_urlsafe(24)  # 192 bits from the OS CSPRNG, URL-safe
+        session = Session(
+            sid,
+            request,
+            identity=identity,
+            inbox_limit=self._settings.inbox_limit,
+            outbox_limit=self._settings.outbox_limit,
+            max_message_size=self._settings.max_message_size,
+        )
+        self._sessions[sid] = session
+        self._paths[sid] = request.path
+        self._touch(session)
+        task = asyncio.create_task(self._run(session), name=f"pollsession-{sid[:8]}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        self._ensure_timer()
+        # Let the coroutine run to its first wait, so a greeting rides on this answer.
+        await asyncio.sleep(0)
+        return {"version": 1, "sid": sid, **self._settings.open_document(), **session._answer()}
+
+    async def poll(
+        self, sid: str, path: str, ack: int, wait: float | None, error: HttpError | None = None
+    ) -> dict[str, Any]:
+        """Answer a long poll: at once when there is something to say, else hold it.
+
+        ``error`` is a refusal found before the session was known; it is
+        raised once the session is known to exist (410 wins over 400).
+        """
+        session = self._find(sid, path)
+        if error is not None:
+            raise error
+        session._acknowledge(ack)
+        if session.closed and session._finished():
+            self._forget(session)
+            return session._answer()
+        hold = min(wait, self._settings.poll_timeout) if wait is not None else self._settings.poll_timeout
+        if session._ready_to_answer() or hold <= 0:
+            session._wake_poll(PollWake.SUPERSEDED)
+            self._touch(session)
+            return session._answer()
+        poll = session._hold_poll()
+        self._expiry.discard(sid)  # a held poll is activity for as long as it is held
+        try:
+            why = await asyncio.wait_for(poll, hold)
+        except asyncio.TimeoutError:
+            why = PollWake.READY
+        finally:
+            session._release_poll(poll)
+            if session.id in self._sessions:
+                self._touch(session)
+        if why is PollWake.SUPERSEDED:
+            return {"messages": [], "closed": None}
+        return session._answer()
+
+    def push(
+        self, sid: str, path: str, batch: list[tuple[int, Message]], error: HttpError | None = None
+    ) -> dict[str, Any]:
+        """Hand pushed messages to the session; 429 with the ack when some did not fit."""
+        session = self._find(sid, path)
+        if session.closed:
+            raise UnknownSession("the session is closed", code="session_closed")
+        if error is not None:
+            raise error
+        ack, complete = session._accept(batch)
+        self._touch(session)
+        if not complete:
+            raise InboxFull(
+                f"the session's inbox is full ({self._settings.inbox_limit} messages); "
+                f"the server holds up to seq {ack}, send the rest again later",
+                ack=ack,
+                retry_after=self._settings.retry_after,
+            )
+        return {"ack": ack}
+
+    def delete(self, sid: str, path: str) -> None:
+        """The client closed: the coroutine sees 1000 and the session is forgotten."""
+        session = self._sessions.get(sid)
+        if session is None or self._paths[sid] != path:
+            return
+        session._end(1000, "")
+        self._forget(session)
+
+    # -- the session's task ----------------------------------------------------
+
+    async def _run(self, session: Session) -> None:
+        try:
+            await self._target(session)
+        except SessionClosed:
+            if not session.closed:
+                logger.exception("session %s: SessionClosed raised while open", session.id[:8])
+                session._end(1011, "")
+        except Exception:
+            logger.exception("session %s: the application's coroutine raised", session.id[:8])
+            session._end(1011, "")
+        except asyncio.CancelledError:
+            session._end(1001, "")
+            raise
+        else:
+            session._end(1000, "")
+
+    # -- expiry and shutdown -------------------------------------------------
+
+    def _ensure_timer(self) -> None:
+        if self._timer is None and not self._shutting_down:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self._settings.cleanup_interval, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.expire()
+        if self._sessions:
+            self._ensure_timer()
+
+    def expire(self, now: float | None = None) -> list[str]:
+        """Forget every session idle for ``session_timeout``; return their ids.
+
+        An open session's coroutine sees a disconnect with code 1001.
+        """
+        if now is None:
+            now = self._settings.clock()
+        expired = self._expiry.pop_expired(now)
+        for sid in expired:
+            session = self._sessions.get(sid)
+            if session is not None:
+                session._end(1001, "session expired")
+                self._forget(session)
+        return expired
+
+    async def shutdown(self, timeout: float) -> None:
+        """Close every session with 1001, answer held polls, and wait for the tasks."""
+        self._shutting_down = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for session in list(self._sessions.values()):
+            session._end(1001, "server shutting down")
+        # Held polls answer with the close before the sessions go away.
+        await asyncio.sleep(0)
+        self._sessions.clear()
+        self._paths.clear()
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
