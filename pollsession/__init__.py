@@ -30,6 +30,7 @@ from ._errors import (
 from ._handler import AuthHook, HttpHandler
 from ._messages import Message, MessageType
 from ._session import Session
+from ._session_handler import Decode, SessionHandler
 
 __all__ = [
     "AuthHook",
@@ -50,6 +51,8 @@ __all__ = [
     "RequestInfo",
     "ServiceUnavailable",
     "Session",
+    "SessionHandler",
+    "Decode",
     "SessionClosed",
     "Unauthorized",
     "UnknownSession",

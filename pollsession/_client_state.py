@@ -99,7 +99,7 @@ def _check_json_numbers(value: Any) -> None:
             try:
                 float(item)
             except OverflowError:
-                raise ValueError(f"integer {item:.3e} is beyond the range of a double") from None
+                raise ValueError(f"an integer of {item.bit_length()} bits is beyond the range of a double") from None
         elif isinstance(item, dict):
             stack.extend(item.values())
         elif isinstance(item, (list, tuple)):

@@ -33,11 +33,12 @@ from ._config import Settings
 from ._context import HttpContext, HttpResponse, RequestInfo
 from ._errors import Forbidden, HttpError, InboxFull, MethodNotAllowed, ServiceUnavailable
 from ._loop import EventLoopThread, LoopStopped
-from ._messages import dump_json
+from ._messages import dump_json, from_value
 from ._origins import OriginPolicy
 from ._registry import Registry, Target
 from ._requests import ALLOW, SESSION_HEADER, Delete, Open, Operation, Poll, Preflight, Push, is_probe, parse_operation
 from ._session import Session
+from ._session_handler import SessionHandler
 
 __all__ = ["HttpHandler", "AuthHook", "error_response"]
 
@@ -97,7 +98,7 @@ class HttpHandler:
 
     def __init__(
         self,
-        target: Target,
+        target: Target | type[SessionHandler],
         *,
         poll_timeout: float = 25.0,
         session_timeout: float = 60.0,
@@ -116,8 +117,14 @@ class HttpHandler:
         authenticate: AuthHook | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not callable(target):
-            raise TypeError(f"target must be an async function taking a Session, got {target!r}")
+        coroutine_function: Target
+        if isinstance(target, type) and issubclass(target, SessionHandler):
+            coroutine_function = target.serve
+        elif callable(target) and not isinstance(target, type):
+            coroutine_function = target
+        else:
+            raise TypeError(f"target must be an async function taking a Session, or a SessionHandler "
+                            f"subclass, got {target!r}")
         self.settings = Settings(
             poll_timeout=poll_timeout,
             session_timeout=session_timeout,
@@ -136,7 +143,7 @@ class HttpHandler:
             allowed_origins, check_origin, allow_credentials=allow_credentials, max_age=preflight_max_age
         )
         self._authenticate = authenticate
-        self._registry = Registry(target, self.settings)
+        self._registry = Registry(coroutine_function, self.settings)
         self._loop_thread = EventLoopThread()
         self._inflight: set[asyncio.Task[Any]] = set()
         self._lock = threading.Lock()
@@ -277,6 +284,63 @@ class HttpHandler:
     def loop(self) -> asyncio.AbstractEventLoop:
         """The handler's event loop (started if needed). From other threads, use ``submit``."""
         return self._loop_thread.loop
+
+    # -- reaching sessions from application code ---------------------------
+
+    async def broadcast(self, data: Any, *, room: str | None = None, exclude: Session | str | None = None) -> int:
+        """Send ``data`` to every open session, or to the members of ``room``; await on the handler's loop.
+
+        ``exclude`` (a session or an id) is skipped. Every member gets every
+        broadcast once, in the same order as the others; a member whose
+        outbox is full is closed with 1008 instead of holding everyone up.
+        Returns how many sessions got the message. From another thread, use
+        :meth:`broadcast_threadsafe`.
+        """
+        self._require_loop_thread("broadcast")
+        message = from_value(data, self.settings.max_message_size)
+        excluded = exclude.id if isinstance(exclude, Session) else exclude
+        return self._registry.broadcast(message, room, excluded)
+
+    def broadcast_threadsafe(
+        self, data: Any, *, room: str | None = None, exclude: Session | str | None = None
+    ) -> concurrent.futures.Future[int]:
+        """:meth:`broadcast` from any other thread (a Flask view, a worker); returns its future."""
+        return self.submit(self.broadcast(data, room=room, exclude=exclude))
+
+    async def send_to(self, sid: str, data: Any) -> None:
+        """Send ``data`` to one session by id, waiting for room like ``Session.send``.
+
+        Raises ``KeyError`` for an unknown id and ``SessionClosed`` for a closed session.
+        """
+        self._require_loop_thread("send_to")
+        session = self._registry.get(sid)
+        if session is None:
+            raise KeyError(sid)
+        await session.send(data)
+
+    def get_session(self, sid: str) -> Session | None:
+        """The open or closing session with this id, if any. Use the session on the loop only."""
+        return self._call_on_loop(self._registry.get, sid)
+
+    def session_count(self) -> int:
+        """How many sessions the target holds (closed ones count until forgotten)."""
+        return self._call_on_loop(len, self._registry)
+
+    def _call_on_loop(self, function: Callable[..., T], *args: Any) -> T:
+        if self._loop_thread.in_loop_thread() or not self._loop_thread.started:
+            return function(*args)
+
+        async def call() -> T:
+            return function(*args)
+
+        return self.submit(call()).result()
+
+    def _require_loop_thread(self, what: str) -> None:
+        if not self._loop_thread.in_loop_thread():
+            raise RuntimeError(
+                f"{what}() must be awaited on the handler's loop; from another thread use "
+                f"handler.submit(handler.{what}(...)) or broadcast_threadsafe()"
+            )
 
     def expire_idle_sessions(self, now: float | None = None) -> list[str]:
         """Run expiry now (the timer does this every ``cleanup_interval``); return the expired ids."""

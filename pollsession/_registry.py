@@ -23,6 +23,7 @@ from ._context import RequestInfo
 from ._errors import HttpError, InboxFull, ServiceUnavailable, SessionClosed, UnknownSession
 from ._expiry import ExpiryQueue
 from ._messages import Message
+from ._rooms import Rooms
 from ._session import PollWake, Session
 
 __all__ = ["Registry", "Target"]
@@ -42,6 +43,7 @@ class Registry:
         self._paths: dict[str, str] = {}
         self._expiry: ExpiryQueue[str] = ExpiryQueue(settings.session_timeout)
         self._tasks: set[asyncio.Task[None]] = set()
+        self.rooms = Rooms()
         self._timer: asyncio.TimerHandle | None = None
         self._shutting_down = False
 
@@ -89,6 +91,7 @@ class Registry:
             sid,
             request,
             identity=identity,
+            rooms=self.rooms,
             inbox_limit=self._settings.inbox_limit,
             outbox_limit=self._settings.outbox_limit,
             max_message_size=self._settings.max_message_size,
@@ -165,6 +168,11 @@ class Registry:
             return
         session._end(1000, "")
         self._forget(session)
+
+    def broadcast(self, message: Message, room: str | None, exclude: str | None) -> int:
+        """Append ``message`` to every open session (of ``room``, if given) but ``exclude``."""
+        members = self.rooms.members(room) if room is not None else list(self._sessions.values())
+        return Rooms.deliver(message, members, exclude)
 
     # -- the session's task ----------------------------------------------------
 

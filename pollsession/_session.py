@@ -27,6 +27,7 @@ from typing import Any
 from ._context import RequestInfo
 from ._errors import BadRequest, MessageTooLarge, SessionClosed
 from ._messages import Message, from_value, json_message, to_wire
+from ._rooms import Rooms
 
 __all__ = ["Session", "CloseInfo", "PollWake"]
 
@@ -47,9 +48,12 @@ class PollWake(enum.Enum):
     SUPERSEDED = "superseded"  # a newer poll of the same session arrived
 
 
+_SERVER_CLOSE_CODES = (1000, 1001, 1003, 1007, 1008, 1009, 1011)
+
+
 def _check_close_code(code: int) -> None:
-    if type(code) is not int or not (code in (1000, 1001, 1008, 1011) or 3000 <= code <= 4999):
-        raise ValueError(f"close code must be 1000, 1001, 1008, 1011 or 3000-4999, got {code!r}")
+    if type(code) is not int or not (code in _SERVER_CLOSE_CODES or 3000 <= code <= 4999):
+        raise ValueError(f"close code must be one of {_SERVER_CLOSE_CODES} or 3000-4999, got {code!r}")
 
 
 class Session:
@@ -68,6 +72,7 @@ class Session:
         request: RequestInfo,
         *,
         identity: Any = None,
+        rooms: Rooms | None = None,
         inbox_limit: int,
         outbox_limit: int,
         max_message_size: int,
@@ -76,6 +81,8 @@ class Session:
         self._request = request
         self.identity: Any = identity
         self.state = types.SimpleNamespace()
+        self._room_book = rooms if rooms is not None else Rooms()
+        self._rooms: set[str] = set()
         self._inbox_limit = inbox_limit
         self._outbox_limit = outbox_limit
         self._max_message_size = max_message_size
@@ -182,6 +189,23 @@ class Session:
                 yield await self.receive()
             except SessionClosed:
                 return
+
+    @property
+    def rooms(self) -> frozenset[str]:
+        """The rooms this session is in."""
+        return frozenset(self._rooms)
+
+    def join(self, room: str) -> None:
+        """Join ``room``, so that broadcasts to it reach this session."""
+        if self._close is not None:
+            raise SessionClosed(self._close.code, self._close.reason)
+        self._room_book.join(room, self)
+        self._rooms.add(room)
+
+    def leave(self, room: str) -> None:
+        """Leave ``room``; leaving a room one is not in does nothing."""
+        self._room_book.leave(room, self)
+        self._rooms.discard(room)
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Close the session; messages already sent are still delivered. Idempotent."""
@@ -306,6 +330,9 @@ class Session:
         if self._close is not None:
             return False
         self._close = CloseInfo(code, reason)
+        for room in self._rooms:
+            self._room_book.leave(room, self)
+        self._rooms.clear()
         closed = SessionClosed(code, reason)
         while self._room_waiters:
             waiter = self._room_waiters.popleft()
