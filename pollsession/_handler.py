@@ -190,14 +190,14 @@ class HttpHandler:
     def _begin(self, context: HttpContext) -> tuple[list[tuple[str, str]], HttpResponse | Coroutine[Any, Any, HttpResponse]]:
         """Checks that need no session; an immediate answer, or the coroutine to run on the loop."""
         method = context.method().upper()
-        if is_probe(method, context):
-            return [], HttpResponse(200, [("Content-Type", "text/plain"), ("Cache-Control", "no-store")], b"ok")
         origin = context.header("Origin") or ""
-        cors: list[tuple[str, str]] = []
-        if not self._origins.is_same_origin(origin, context.scheme(), context.header("Host")):
-            if not self._origins.is_allowed_origin(origin):
-                return [], error_response(Forbidden(f"origin {origin[:100]} is not allowed", code="origin_not_allowed"))
-            cors = self._origins.cors_headers(origin, preflight=method == "OPTIONS")
+        cross_origin = not self._origins.is_same_origin(origin, context.scheme(), context.header("Host"))
+        allowed = not cross_origin or self._origins.is_allowed_origin(origin)
+        cors = self._origins.cors_headers(origin, preflight=method == "OPTIONS") if cross_origin and allowed else []
+        if is_probe(method, context):  # answers whatever else the request carries
+            return cors, HttpResponse(200, [("Content-Type", "text/plain"), ("Cache-Control", "no-store")], b"ok")
+        if not allowed:
+            return [], error_response(Forbidden(f"origin {origin[:100]} is not allowed", code="origin_not_allowed"))
         try:
             operation = parse_operation(context, method, self.settings)
             if isinstance(operation, Preflight):
