@@ -24,13 +24,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from flask import Blueprint, Flask, Request, Response, request, send_file
+from flask.sansio.app import App
+from werkzeug.routing import Rule
 
 from pollsession import HttpContext, HttpHandler, client_script_path
 
-__all__ = ["FlaskContext", "make_view", "mount", "mount_client_script", "METHODS"]
-
-# Every method reaches the core, which answers 405 itself, identically on every adapter.
-METHODS = ["GET", "POST", "DELETE", "OPTIONS", "PUT", "PATCH", "HEAD"]
+__all__ = ["FlaskContext", "make_view", "mount", "mount_client_script"]
 
 
 class FlaskContext(HttpContext):
@@ -65,7 +64,7 @@ class FlaskContext(HttpContext):
 
 
 def make_view(handler: HttpHandler) -> Callable[[], Response]:
-    """A Flask view function serving ``handler``; register it for :data:`METHODS`."""
+    """A Flask view function serving ``handler``; :func:`mount` registers it for every method."""
 
     def pollsession_view() -> Response:
         answer = handler.handle_request(FlaskContext(request))
@@ -75,14 +74,24 @@ def make_view(handler: HttpHandler) -> Callable[[], Response]:
 
 
 def mount(app: Flask | Blueprint, rule: str, handler: HttpHandler, *, endpoint: str | None = None) -> None:
-    """Serve ``handler`` at URL ``rule`` of a Flask app or blueprint."""
-    app.add_url_rule(
-        rule,
-        endpoint=endpoint or f"pollsession:{rule}",
-        view_func=make_view(handler),
-        methods=METHODS,
-        provide_automatic_options=False,
-    )
+    """Serve ``handler`` at URL ``rule`` of a Flask app or blueprint.
+
+    The route accepts every method (a werkzeug rule without a method list),
+    so that the core answers 405 itself, the same way on every adapter.
+    """
+    name = endpoint or f"pollsession:{rule}"
+    view = make_view(handler)
+    if isinstance(app, Flask):
+        _add_any_method_rule(app, rule, name, view)
+    else:
+        app.record(lambda state: _add_any_method_rule(state.app, (state.url_prefix or "") + rule, name, view))
+
+
+def _add_any_method_rule(app: App, rule: str, endpoint: str, view: Callable[[], Response]) -> None:
+    if endpoint in app.view_functions:
+        raise ValueError(f"endpoint {endpoint!r} is already mounted; pass endpoint= to mount it twice")
+    app.url_map.add(Rule(rule, endpoint=endpoint))
+    app.view_functions[endpoint] = view
 
 
 def mount_client_script(app: Flask | Blueprint, rule: str = "/pollsession.js", *, endpoint: str | None = None) -> None:

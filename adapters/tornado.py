@@ -63,16 +63,43 @@ class TornadoContext(HttpContext):
         return self._request.remote_ip
 
 
-class SessionRequestHandler(tornado.web.RequestHandler):
-    """Serves one :class:`~pollsession.HttpHandler`; give it ``{"handler": handler}``."""
+class _EveryMethod(tuple[str, ...]):
+    """A SUPPORTED_METHODS that lets every method through to the core, which answers 405 itself."""
 
-    SUPPORTED_METHODS = ("GET", "POST", "DELETE", "OPTIONS", "PUT", "PATCH", "HEAD")
+    def __contains__(self, method: object) -> bool:
+        return True
+
+
+@tornado.web.stream_request_body
+class SessionRequestHandler(tornado.web.RequestHandler):
+    """Serves one :class:`~pollsession.HttpHandler`; give it ``{"handler": handler}``.
+
+    The body is streamed in and kept raw (up to one byte past
+    ``max_body_size``, enough for the core to answer 413), so that Tornado
+    never parses it as a form: what a body means is the core's business.
+    """
+
+    SUPPORTED_METHODS = _EveryMethod(("GET", "POST", "DELETE", "OPTIONS"))
 
     def initialize(self, handler: HttpHandler) -> None:
         self._handler = handler
+        self._body = bytearray()
+        self._body_cap = handler.settings.max_body_size + 1
         self._answering: asyncio.Future[HttpResponse] | None = None
 
+    async def prepare(self) -> None:
+        # Only the four methods have handler methods; any other is answered
+        # now, so that Tornado never looks for a method to call.
+        if self.request.method not in ("GET", "POST", "DELETE", "OPTIONS"):
+            await self._serve()
+
+    def data_received(self, chunk: bytes) -> None:
+        room = self._body_cap - len(self._body)
+        if room > 0:
+            self._body += chunk[:room]
+
     async def _serve(self) -> None:
+        self.request.body = bytes(self._body)
         self._answering = asyncio.ensure_future(self._handler.handle_request_async(TornadoContext(self.request)))
         try:
             answer = await self._answering
@@ -99,7 +126,7 @@ class SessionRequestHandler(tornado.web.RequestHandler):
     def compute_etag(self) -> str | None:
         return None
 
-    get = post = delete = options = put = patch = head = _serve
+    get = post = delete = options = _serve
 
 
 class ClientScriptHandler(tornado.web.RequestHandler):

@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ._errors import BadRequest, MessageTooLarge, PayloadTooLarge
+from ._errors import BadRequest, MessageTooLarge
 
 __all__ = [
     "MessageType",
@@ -162,14 +162,13 @@ def _decode_data(type_: MessageType, data: Any, index: int) -> Message:
     return Message(type_, data, len(dump_json(data).encode("utf-8")))
 
 
-def parse_batch(body: bytes, max_message_size: int) -> list[tuple[int, Message]]:
-    """Validate a pushed batch ``{"messages": [...]}``; return ``(seq, message)`` pairs.
+def parse_batch(body: bytes) -> list[tuple[int, Message]]:
+    """Validate the shape of a pushed batch ``{"messages": [...]}``; return ``(seq, message)`` pairs.
 
-    Shape and values are checked for the whole batch first (400), then sizes
-    (413), so a bad batch is refused whole and delivers nothing. Sequence
-    numbers are checked here to be integers >= 1, consecutive and increasing;
-    how they relate to what the session already holds is the session's
-    business.
+    A bad batch is refused whole (400) and delivers nothing. Sequence numbers
+    are checked here to be integers >= 1, consecutive and increasing; how they
+    relate to what the session already holds (gaps, repeats), and the size of
+    the new messages, are checked by the session (``Session._accept``).
     """
     document = parse_json(body)
     if not isinstance(document, dict) or not isinstance(document.get("messages"), list):
@@ -196,10 +195,4 @@ def parse_batch(body: bytes, max_message_size: int) -> list[tuple[int, Message]]
         if "data" not in item:
             raise BadRequest(f"messages[{index}] has no data")
         batch.append((seq, _decode_data(type_, item["data"], index)))
-    for index, (_, message) in enumerate(batch):
-        if message.size > max_message_size:
-            raise PayloadTooLarge(
-                f"messages[{index}] is {message.size} bytes, over max_message_size of {max_message_size}",
-                code="message_too_large",
-            )
     return batch

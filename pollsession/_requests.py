@@ -80,6 +80,8 @@ def _parse_poll_query(items: list[tuple[str, str]]) -> tuple[int, float | None]:
         if not _ACK.fullmatch(ack_text):
             raise BadRequest(f"ack must be a decimal integer without leading zeros, got {ack_text[:40]!r}",
                              code="bad_ack")
+        if len(ack_text) > 19:  # past any sequence number a session can reach (and int()'s digit limit)
+            raise BadRequest(f"ack {ack_text[:20]}... is beyond the last message sent", code="bad_ack")
         ack = int(ack_text)
     wait = None
     if wait_text is not None:
@@ -104,7 +106,7 @@ def _parse_push(context: HttpContext, settings: Settings) -> list[tuple[int, Mes
     if len(body) > settings.max_body_size:
         raise PayloadTooLarge(f"request body of {len(body)} bytes exceeds max_body_size of "
                               f"{settings.max_body_size}", code="body_too_large")
-    return parse_batch(body, settings.max_message_size)
+    return parse_batch(body)
 
 
 def parse_operation(context: HttpContext, method: str, settings: Settings) -> Operation:

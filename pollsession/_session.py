@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._context import RequestInfo
-from ._errors import BadRequest, MessageTooLarge, SessionClosed
+from ._errors import BadRequest, MessageTooLarge, PayloadTooLarge, SessionClosed
 from ._messages import Message, from_value, json_message, to_wire
 from ._rooms import Rooms
 
@@ -308,7 +308,9 @@ class Session:
     def _accept(self, batch: list[tuple[int, Message]]) -> tuple[int, bool]:
         """Take the new messages of a validated batch; return ``(ack, all_taken)``.
 
-        Raises BadRequest, changing nothing, when the batch leaves a gap.
+        Messages already held are ignored. Raises BadRequest (a gap) or
+        PayloadTooLarge (a new message past ``max_message_size``), changing
+        nothing.
         """
         fresh = [(seq, message) for seq, message in batch if seq > self._received]
         if fresh and fresh[0][0] != self._received + 1:
@@ -316,6 +318,12 @@ class Session:
                 f"message seq {fresh[0][0]} leaves a gap: the server holds up to {self._received}",
                 code="seq_gap",
             )
+        for seq, message in fresh:
+            if message.size > self._max_message_size:
+                raise PayloadTooLarge(
+                    f"message seq {seq} is {message.size} bytes, over max_message_size of {self._max_message_size}",
+                    code="message_too_large",
+                )
         room = max(0, self._inbox_limit - len(self._inbox))
         taken = fresh[:room]
         if taken:

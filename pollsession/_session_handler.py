@@ -14,11 +14,10 @@ A message that cannot be decoded as asked closes the session with 1007.
 
 from __future__ import annotations
 
-import json
 from typing import Any, ClassVar, Literal
 
-from ._errors import SessionClosed
-from ._messages import Message, MessageType, dump_json
+from ._errors import BadRequest, SessionClosed
+from ._messages import Message, MessageType, dump_json, parse_json
 from ._session import Session
 
 __all__ = ["SessionHandler", "Decode"]
@@ -26,21 +25,27 @@ __all__ = ["SessionHandler", "Decode"]
 Decode = Literal["auto", "text", "bytes", "json"]
 
 
+def _as_text(message: Message) -> str:
+    if message.type is MessageType.TEXT:
+        return str(message.data)
+    if message.type is MessageType.BINARY:
+        return bytes(message.data).decode("utf-8")
+    return dump_json(message.data)
+
+
 def _decode(message: Message, decode: Decode) -> Any:
-    if decode == "auto":
+    """``message.data`` as ``decode`` asks; ValueError (or BadRequest) when it cannot be."""
+    if decode == "auto" or (decode == "bytes" and message.type is MessageType.BINARY) or (
+        decode == "json" and message.type is MessageType.JSON
+    ):
         return message.data
-    as_text = (
-        message.data if message.type is MessageType.TEXT
-        else message.data.decode("utf-8") if message.type is MessageType.BINARY
-        else dump_json(message.data)
-    )
     if decode == "text":
-        return as_text
+        return _as_text(message)
     if decode == "bytes":
-        return message.data if message.type is MessageType.BINARY else as_text.encode("utf-8")
-    if message.type is MessageType.JSON:
-        return message.data
-    return json.loads(as_text)
+        return _as_text(message).encode("utf-8")
+    # As strict as a json message on the wire: no NaN, no Infinity, valid Unicode.
+    raw = message.data if message.type is MessageType.BINARY else str(message.data).encode("utf-8", "surrogatepass")
+    return parse_json(raw)
 
 
 class SessionHandler:
@@ -83,10 +88,15 @@ class SessionHandler:
                 message = await session.receive_message()
                 try:
                     data = _decode(message, cls.decode)
-                except (UnicodeDecodeError, ValueError):
+                except (ValueError, BadRequest):
                     await session.close(1007, f"message cannot be decoded as {cls.decode}")
                     continue
                 await handler.on_receive(data)
         except SessionClosed:
             pass
+        except Exception:
+            # Clean-up in on_disconnect runs on a failure too; the handler logs the error.
+            session._end(1011, "")
+            await handler.on_disconnect(1011)
+            raise
         await handler.on_disconnect(session.close_code if session.close_code is not None else 1000)

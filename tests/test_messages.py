@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from pollsession import BadRequest, MessageTooLarge, MessageType, PayloadTooLarge
+from pollsession import BadRequest, MessageTooLarge, MessageType
 from pollsession._messages import from_value, parse_batch, parse_json, to_wire
 
 
@@ -42,14 +42,14 @@ def test_all_three_types_decode() -> None:
         {"seq": 1, "type": "text", "data": "hi"},
         {"seq": 2, "type": "binary", "data": base64.b64encode(raw).decode()},
         {"seq": 3, "type": "json", "data": {"x": [1.5, None]}},
-    ), 1000)
+    ))
     assert [(seq, m.data) for seq, m in parsed] == [(1, "hi"), (2, raw), (3, {"x": [1.5, None]})]
 
 
 @pytest.mark.parametrize("data", ["AAE", "AA E=", "AAF=", "AA\nE=", "A===", "****"])
 def test_non_canonical_base64_is_refused(data: str) -> None:
     with pytest.raises(BadRequest):
-        parse_batch(batch({"seq": 1, "type": "binary", "data": data}), 1000)
+        parse_batch(batch({"seq": 1, "type": "binary", "data": data}))
 
 
 @pytest.mark.parametrize("body", [
@@ -72,16 +72,14 @@ def test_non_canonical_base64_is_refused(data: str) -> None:
 ])
 def test_malformed_batches_are_refused(body: bytes) -> None:
     with pytest.raises(BadRequest):
-        parse_batch(body, 1000)
+        parse_batch(body)
 
 
-def test_size_is_checked_after_shape_and_counts_decoded_bytes() -> None:
-    exactly = base64.b64encode(b"x" * 10).decode()
-    assert parse_batch(batch({"seq": 1, "type": "binary", "data": exactly}), 10)
-    with pytest.raises(PayloadTooLarge):
-        parse_batch(batch({"seq": 1, "type": "text", "data": "éééééé"}), 10)
-    with pytest.raises(BadRequest):  # a shape error later in the batch wins over an early size error
-        parse_batch(batch({"seq": 1, "type": "text", "data": "x" * 20}, {"seq": 2, "type": "nope", "data": ""}), 10)
+def test_message_size_counts_decoded_bytes() -> None:
+    (seq, message), = parse_batch(batch({"seq": 1, "type": "binary", "data": base64.b64encode(b"x" * 10).decode()}))
+    assert message.size == 10
+    (seq, message), = parse_batch(batch({"seq": 1, "type": "text", "data": "éé"}))
+    assert message.size == 4
 
 
 def test_parse_json_accepts_large_but_finite_numbers() -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pollsession import Session, SessionClosed
+from pollsession import BadRequest, PayloadTooLarge, Session, SessionClosed
 from pollsession._context import Headers, RequestInfo
 from pollsession._messages import from_value
 
@@ -92,6 +92,19 @@ def test_inbox_takes_what_fits_and_reads_survive_the_close() -> None:
         return received
 
     assert run(body, inbox=2) == ["b", "c"]
+
+
+def test_gap_wins_over_size_and_repeats_are_not_sized() -> None:
+    async def body(session: Session) -> None:
+        big = from_value("x" * 1001, 2000)
+        with pytest.raises(BadRequest):
+            session._accept([(2, big)])
+        with pytest.raises(PayloadTooLarge):
+            session._accept([(1, big)])
+        assert session._accept([msg(1, "a")]) == (1, True)
+        assert session._accept([(1, big), msg(2, "b")]) == (2, True)  # seq 1 is a repeat: ignored
+
+    run(body)
 
 
 def test_receive_timeout_keeps_the_late_message() -> None:

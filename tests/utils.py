@@ -67,7 +67,9 @@ def _serve_flask(handler: Any, extra: Callable[[Any], None] | None) -> Iterator[
     if extra is not None:
         extra(app)
     server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="flask-test-server", daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="flask-test-server", daemon=True
+    )
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_port}"

@@ -68,8 +68,9 @@
  * Sends are batched into one POST at a time, within the server's
  * max_body_size and inbox_limit, and unacknowledged ones are sent again after a
  * failure (the server drops repeats by seq). Network errors and 5xx answers
- * are retried with exponential backoff and jitter up to maxRetries; a 429 is
- * retried after its Retry-After. A 410 means the server no longer knows the
+ * are retried with exponential backoff and jitter up to maxRetries; after a
+ * 429 the rest is sent again no sooner than its Retry-After (cross-origin,
+ * only if the server exposes that header), backing off while it lasts. A 410 means the server no longer knows the
  * session: close code 1006, wasClean false. When a poll answer says the server
  * closed the session, the remaining messages are delivered, one last poll
  * acknowledges them (so the server forgets the session at once), and close
@@ -140,6 +141,7 @@
     #flushQueued = false;
 
     #closeRequest = null; // {code, reason} once close() was called
+    #serverClosing = false; // a poll answer said the server closed: its code wins
     #deleting = false;
     #pollAbort = null;
     #sleepers = new Set();
@@ -168,6 +170,7 @@
           if (typeof handler === "function") handler.call(this, event);
         });
       }
+      this.#watchPageHide();
       this.#open();
     }
 
@@ -264,7 +267,7 @@
           const why = res ? describeError(res) : "network error";
           return this.#fail(1006, `could not open the session (${why}) after ${failures} attempts`, false);
         }
-        await this.#sleep(res ? retryAfter(res.headers, this.#backoff(failures)) : this.#backoff(failures));
+        await this.#sleep(Math.max(res ? retryAfter(res.headers, 0) : 0, this.#backoff(failures)));
       }
 
       const sid = answer && typeof answer.sid === "string" && answer.sid ? answer.sid : null;
@@ -286,7 +289,6 @@
       }
 
       this.#state = OPEN;
-      this.#watchPageHide();
       this.#emit(new Event("open"));
       this.#kickPush();
       if (this.#state === CLOSED) return;
@@ -326,6 +328,9 @@
           }
           continue;
         }
+        if (res && res.status === 200) {
+          return this.#fail(1002, "a poll answer is not a pollsession answer (no messages list)");
+        }
         if (res && res.status === 410) {
           return this.#fail(1006, `the session is gone: the server no longer knows it (${describeError(res)})`, false);
         }
@@ -336,7 +341,7 @@
         if (++failures > this.#options.maxRetries) {
           return this.#fail(1006, `polling failed (${error}) ${failures} times in a row`);
         }
-        await this.#sleep(res ? retryAfter(res.headers, this.#backoff(failures)) : this.#backoff(failures));
+        await this.#sleep(Math.max(res ? retryAfter(res.headers, 0) : 0, this.#backoff(failures)));
       }
     }
 
@@ -373,6 +378,7 @@
     async #serverClosed(closed) {
       if (this.#state === CLOSED) return;
       this.#state = CLOSING;
+      this.#serverClosing = true;
       const code = Number.isInteger(closed.code) ? closed.code : 1005;
       const reason = typeof closed.reason === "string" ? closed.reason : "";
       for (let round = 0; round < 3 && this.#state !== CLOSED; round++) {
@@ -413,7 +419,7 @@
 
     async #pushLoop() {
       try {
-        for (let failures = 0; ; ) {
+        for (let failures = 0, busy = 0; ; ) {
           if (this.#sid === null || this.#sendGone || this.#state === CLOSED || this.#deleting) return;
           const batch = this.#nextBatch();
           if (batch === null) return; // nothing ready: the next send() starts the loop again
@@ -432,13 +438,19 @@
             this.#acknowledge(res.body.ack);
           }
           if (res && res.status === 200) {
+            if (!(res.body && Number.isInteger(res.body.ack))) {
+              return this.#fail(1002, "a POST answer is not a pollsession answer (no ack)");
+            }
             failures = 0;
+            busy = 0;
             continue;
           }
           if (res && res.status === 429) {
-            // The session does not read fast enough. While closing, do not wait for it.
+            // The session does not read fast enough: wait at least Retry-After,
+            // longer while it stays full. While closing, do not wait for it.
             if (this.#closeRequest) return;
-            await this.#sleep(retryAfter(res.headers, this.#backoff(++failures)));
+            failures = 0;
+            await this.#sleep(Math.max(retryAfter(res.headers, 0), this.#backoff(++busy)));
             continue;
           }
           if (res && res.status === 410) {
@@ -496,9 +508,9 @@
     async #clientClose() {
       // Like WebSocket, data sent before close() goes out before the close.
       await Promise.allSettled(this.#outbox.map((entry) => entry.pending).filter(Boolean));
-      if (this.#state === CLOSED) return;
+      if (this.#state === CLOSED || this.#serverClosing) return;
       await this.#kickPush();
-      if (this.#state === CLOSED) return;
+      if (this.#state === CLOSED || this.#serverClosing) return;
       this.#deleting = true;
       if (this.#pollAbort) this.#pollAbort.abort();
       const clean = await this.#deleteSession();
@@ -549,7 +561,7 @@
     #watchPageHide() {
       if (typeof global.addEventListener !== "function") return;
       this.#pageHideListener = () => {
-        if (this.#state === OPEN || this.#state === CLOSING) this.#deleteInBackground();
+        if (this.#sid !== null && this.#state !== CLOSED) this.#deleteInBackground();
       };
       global.addEventListener("pagehide", this.#pageHideListener);
     }

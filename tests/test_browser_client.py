@@ -1,0 +1,511 @@
+"""The browser client, pollsession.js, in a real headless Chromium, against every adapter.
+
+Each test serves the page (``tests/pages``) and the client scripts from a test
+server (``tests.browser_pages``), starts sessions through the page's harness,
+and waits on the events the harness records. Failures in the network are made
+with Playwright's request routing: a response is fetched from the real server
+and then thrown away, so the server believes it was delivered.
+
+Chromium is Debian's ``/usr/bin/chromium``. When it (or Playwright) is missing
+the tests skip, except under CI (``CI`` set), where they fail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from pollsession import HttpHandler, Session, SessionClosed
+from tests.browser_pages import add_browser_routes
+from tests.utils import ADAPTERS, MS, serve, wait_until
+
+# Debian's package; elsewhere, whatever "chromium" is on PATH.
+CHROMIUM = "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else shutil.which("chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TIMEOUT = 10_000 * MS  # seconds; the longest any single wait may take
+
+pytestmark = pytest.mark.parametrize("adapter", ADAPTERS)
+
+
+def _browser_problem() -> str | None:
+    if CHROMIUM is None:
+        return "Chromium is not installed at /usr/bin/chromium nor on PATH (apt-get install chromium)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the playwright Python package is not installed"
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    problem = _browser_problem()
+    if problem is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"browser tests cannot run under CI: {problem}", pytrace=False)
+        pytest.skip(problem)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        # Playwright gives the browser a fresh temporary --user-data-dir.
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context()
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT * 1000)
+    page_errors: list[Any] = []
+    page.on("pageerror", lambda error: page_errors.append(error))
+    try:
+        yield page
+    finally:
+        page.unroute_all(behavior="ignoreErrors")
+        context.close()
+    assert not page_errors, f"uncaught errors in the page: {page_errors}"
+
+
+@contextlib.contextmanager
+def serving(adapter: str, app: Any, **settings: Any) -> Iterator[str]:
+    """Serve ``app`` at /poll plus the test pages and scripts; yield the base URL."""
+    handler = HttpHandler(app, **settings)
+    with serve(adapter, handler, extra=add_browser_routes(adapter)) as base_url:
+        yield base_url
+
+
+def wait_js(page: Any, expression: str, arg: Any = None) -> Any:
+    """Wait until the JavaScript function ``expression(arg)`` returns a truthy value."""
+    return page.wait_for_function(expression, arg=arg, polling=20, timeout=TIMEOUT * 1000).json_value()
+
+
+def messages(page: Any, index: int) -> list[dict[str, Any]]:
+    return page.evaluate("(i) => messages(i)", index)
+
+
+def close_event(page: Any, index: int) -> dict[str, Any]:
+    return wait_js(page, "(i) => closeEvent(i)", index)
+
+
+def status_of(base_url: str, sid: str) -> int:
+    """The status a poll for ``sid`` gets now (410 once the server forgot it)."""
+    request = urllib.request.Request(f"{base_url}/poll?ack=0&wait=0", headers={"Pollsession-Id": sid})
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+class EchoApp:
+    """Greets, then echoes; a few texts are commands. Logs what each session sees."""
+
+    def __init__(self) -> None:
+        self.log: dict[str, list[Any]] = {}
+        self.test_headers: dict[str, str | None] = {}
+
+    def __call__(self, session: Session) -> Any:
+        return self.run(session)
+
+    async def run(self, session: Session) -> None:
+        log = self.log.setdefault(session.id, [])
+        self.test_headers[session.id] = session.request.headers.get("x-test-token")
+        await session.send("welcome")
+        while True:
+            try:
+                data = await session.receive()
+            except SessionClosed as closed:
+                log.append(("closed", closed.code))
+                return
+            log.append(data)
+            if data == "close-4001":
+                await session.close(4001, "bye")
+                return
+            if data == "raise":
+                raise RuntimeError("raised on purpose by the browser test")
+            if data == "burst":
+                for i in range(5):
+                    await session.send({"burst": i})
+            else:
+                await session.send(data)
+
+    def received(self) -> list[Any]:
+        """Everything the only session received (the test opened exactly one)."""
+        assert len(self.log) == 1, f"expected one session, got {len(self.log)}"
+        return next(iter(self.log.values()))
+
+
+# Every message type, sent before the session is open (so queued), in one batch.
+SEND_EVERY_TYPE = """(url) => {
+    const i = startSession(url, {retryBaseDelay: 0.05});
+    const s = session(i);
+    const all = new Uint8Array(256).map((_, n) => n);
+    const backing = new Uint8Array([1, 2, 3, 4, 5, 6, 7]);
+    s.send("hello");
+    s.send("héllo ✓ 𝄞");
+    s.send("");
+    s.send(all);
+    s.send(new Uint8Array([1, 2, 3]).buffer);
+    s.send(new DataView(backing.buffer, 4, 2));
+    s.send(new Blob([new Uint8Array([250, 251])]));
+    s.send({a: [1, 2.5, null, true, "x"], "ü": "𝄞"});
+    s.send(42);
+    s.send(null);
+    s.send([]);
+    s.send("a\\ud800b");
+    s.send({s: "\\udfff"});
+    backing.fill(0);  // the client copied the data at send()
+    return {index: i, state: s.readyState, buffered: s.bufferedAmount};
+}"""
+
+EXPECTED_ECHOES = [
+    {"kind": "text", "value": "welcome"},
+    {"kind": "text", "value": "hello"},
+    {"kind": "text", "value": "héllo ✓ 𝄞"},
+    {"kind": "text", "value": ""},
+    {"kind": "arraybuffer", "bytes": list(range(256))},
+    {"kind": "arraybuffer", "bytes": [1, 2, 3]},
+    {"kind": "arraybuffer", "bytes": [5, 6]},
+    {"kind": "arraybuffer", "bytes": [250, 251]},
+    {"kind": "json", "value": {"a": [1, 2.5, None, True, "x"], "ü": "𝄞"}},
+    {"kind": "json", "value": 42},
+    {"kind": "json", "value": None},
+    {"kind": "json", "value": []},
+    {"kind": "text", "value": "a\ufffdb"},
+    {"kind": "json", "value": {"s": "\ufffd"}},
+]
+
+EXPECTED_RECEIVED = [
+    "hello", "héllo ✓ 𝄞", "", bytes(range(256)), b"\x01\x02\x03", b"\x05\x06", b"\xfa\xfb",
+    {"a": [1, 2.5, None, True, "x"], "ü": "𝄞"}, 42, None, [], "a\ufffdb", {"s": "\ufffd"},
+]  # fmt: skip
+
+
+def test_classic_script_opens_and_echoes_every_type_in_order(adapter: str, page: Any) -> None:
+    app = EchoApp()
+    with serving(adapter, app) as base:
+        page.goto(f"{base}/harness.html")
+        api = page.evaluate("""() => ({
+            global: typeof window.PollSession,
+            statics: [PollSession.CONNECTING, PollSession.OPEN, PollSession.CLOSING, PollSession.CLOSED],
+            isEventTarget: PollSession.prototype instanceof EventTarget,
+        })""")
+        assert api == {"global": "function", "statics": [0, 1, 2, 3], "isEventTarget": True}
+        # Importing the module entry as well keeps the one class the script defined.
+        assert page.evaluate("async () => (await import('/pollsession.mjs')).PollSession === window.PollSession")
+
+        started = page.evaluate(SEND_EVERY_TYPE, f"{base}/poll")
+        index = started["index"]
+        assert started["state"] == 0  # CONNECTING, and the sends were queued
+        assert started["buffered"] == 5 + 15 + 0 + 256 + 3 + 2 + 2 + 39 + 2 + 4 + 2 + 5 + 11  # UTF-8 bytes
+
+        wait_js(page, "([i, n]) => messages(i).length >= n && runs[i].pendingBlobs === 0",
+                [index, len(EXPECTED_ECHOES)])
+        events = page.evaluate("(i) => events(i)", index)
+        assert events[0] == {"type": "open", "readyState": 1}
+        assert all(event["isMessageEvent"] for event in events[1:])
+        assert messages(page, index) == EXPECTED_ECHOES
+        assert app.received() == EXPECTED_RECEIVED
+        assert [type(x) for x in app.received()] == [type(x) for x in EXPECTED_RECEIVED]
+        assert wait_js(page, "(i) => session(i).bufferedAmount === 0", index)
+        on_instance = page.evaluate("(i) => [session(i).OPEN, session(i).readyState, session(i).url]", index)
+        assert on_instance == [1, 1, f"{base}/poll"]
+
+        page.evaluate("(i) => session(i).close()", index)
+        closed = close_event(page, index)
+        assert closed == {"type": "close", "code": 1000, "reason": "", "wasClean": True,
+                          "isCloseEvent": True, "readyState": 3}
+        wait_until(lambda: app.received()[-1:] == [("closed", 1000)], TIMEOUT, "the server to see the close")
+
+
+def test_es_module_import_and_blob_binary_type(adapter: str, page: Any) -> None:
+    app = EchoApp()
+    poll_urls: list[str] = []
+    page.on("request", lambda request: poll_urls.append(request.url) if "/poll?" in request.url else None)
+    with serving(adapter, app) as base:
+        page.goto(f"{base}/module.html")
+        check = wait_js(page, "() => window.moduleCheck")
+        assert check == {"exported": "function", "sameAsDefault": True, "sameAsGlobal": True}
+
+        index = page.evaluate("""(url) => {
+            const i = startSession(url, {binaryType: "blob", pollTimeout: 0.5});
+            session(i).onopen = () => {
+                session(i).send(new Uint8Array(256).map((_, n) => n));
+                session(i).send("after");
+            };
+            return i;
+        }""", f"{base}/poll")
+        wait_js(page, "(i) => messages(i).length >= 3 && runs[i].pendingBlobs === 0", index)
+        assert messages(page, index) == [
+            {"kind": "text", "value": "welcome"},
+            {"kind": "blob", "bytes": list(range(256))},
+            {"kind": "text", "value": "after"},
+        ]
+        assert any("wait=0.5" in url for url in poll_urls), poll_urls
+        page.evaluate("(i) => session(i).close(4000, 'module done')", index)
+        assert close_event(page, index)["code"] == 4000
+
+
+def test_lost_responses_lose_and_duplicate_nothing(adapter: str, page: Any) -> None:
+    # Timeline: the first poll gets a 502 from "a proxy" (retried); the first
+    # POST reaches the server but its answer is lost (the batch is sent again
+    # and the server drops the repeats); the poll answer carrying the burst is
+    # lost after the server sent it (the next poll, same ack, gets it again).
+    app = EchoApp()
+    state = {"poll_502": False, "lost_post": False, "lost_poll": False}
+
+    def on_poll(route: Any) -> None:
+        if not state["poll_502"]:
+            state["poll_502"] = True
+            route.fulfill(status=502, body="bad gateway")
+            return
+        response = route.fetch()
+        answer = response.json() if response.status == 200 else {}
+        if not state["lost_poll"] and any(m.get("data") == {"burst": 0} for m in answer.get("messages", [])):
+            state["lost_poll"] = True
+            route.abort("connectionreset")
+            return
+        route.fulfill(response=response)
+
+    def on_push(route: Any) -> None:
+        if route.request.method == "POST" and not state["lost_post"]:
+            route.fetch()
+            state["lost_post"] = True
+            route.abort("connectionreset")
+            return
+        route.fallback()
+
+    with serving(adapter, app, poll_timeout=1.0) as base:
+        page.goto(f"{base}/harness.html")
+        page.route(lambda url: "/poll?" in url, on_poll)
+        page.route(lambda url: url.endswith("/poll"), on_push)
+        index = page.evaluate("""(url) => {
+            const i = startSession(url, {retryBaseDelay: 0.05, retryMaxDelay: 0.2});
+            session(i).send("one");
+            session(i).send("burst");
+            return i;
+        }""", f"{base}/poll")
+        wait_js(page, "(i) => messages(i).length >= 7", index)
+        assert messages(page, index) == [
+            {"kind": "text", "value": "welcome"},
+            {"kind": "text", "value": "one"},
+            *({"kind": "json", "value": {"burst": i}} for i in range(5)),
+        ]
+        assert state == {"poll_502": True, "lost_post": True, "lost_poll": True}
+        assert app.received() == ["one", "burst"]
+        assert page.evaluate("(i) => [session(i).readyState, countOf(i, 'error')]", index) == [1, 0]
+
+
+def test_close_codes_and_events(adapter: str, page: Any) -> None:
+    app = EchoApp()
+    with serving(adapter, app) as base:
+        page.goto(f"{base}/harness.html")
+        ids = page.evaluate("""(url) => [0, 1, 2, 3].map(() => startSession(url))""", f"{base}/poll")
+        wait_js(page, "(ids) => ids.every((i) => session(i).readyState === 1)", ids)
+        sids = page.evaluate("(ids) => ids.map((i) => session(i).sessionId)", ids)
+        client_default, client_custom, server_close, server_raise = ids
+
+        page.evaluate("(i) => session(i).close()", client_default)
+        page.evaluate("(i) => session(i).close(4002, 'done')", client_custom)
+        page.evaluate("(i) => session(i).send('close-4001')", server_close)
+        page.evaluate("(i) => session(i).send('raise')", server_raise)
+
+        def closed(index: int) -> dict[str, Any]:
+            event = close_event(page, index)
+            del event["type"], event["isCloseEvent"], event["readyState"]
+            return event
+
+        assert closed(client_default) == {"code": 1000, "reason": "", "wasClean": True}
+        assert closed(client_custom) == {"code": 4002, "reason": "done", "wasClean": True}
+        assert closed(server_close) == {"code": 4001, "reason": "bye", "wasClean": True}
+        raised = closed(server_raise)
+        assert (raised["code"], raised["wasClean"]) == (1011, True)
+        assert page.evaluate("(ids) => ids.map((i) => countOf(i, 'error'))", ids) == [0, 0, 0, 0]
+
+        # The server saw the client's closes as 1000, and has forgotten every
+        # session: after a DELETE, or after the client's last poll.
+        for sid in sids[:2]:
+            wait_until(lambda sid=sid: app.log[sid][-1:] == [("closed", 1000)], TIMEOUT, "the server to see 1000")
+        for sid in sids:
+            assert status_of(base, sid) == 410
+
+
+def test_gone_session_closes_with_1006(adapter: str, page: Any) -> None:
+    # Every poll is sent with an id the server does not know: it answers 410.
+    def unknown_id(route: Any) -> None:
+        route.continue_(headers={**route.request.headers, "pollsession-id": "not-a-session-the-server-knows"})
+
+    with serving(adapter, EchoApp()) as base:
+        page.goto(f"{base}/harness.html")
+        page.route(lambda url: "/poll?" in url, unknown_id)
+        index = page.evaluate("(url) => startSession(url, {retryBaseDelay: 0.05})", f"{base}/poll")
+        closed = close_event(page, index)
+        assert (closed["code"], closed["wasClean"], closed["readyState"]) == (1006, False, 3)
+        assert "gone" in closed["reason"] and "410" in closed["reason"]
+        kinds = page.evaluate("(i) => events(i).map((e) => e.type)", index)
+        assert kinds[0] == "open" and kinds[-2:] == ["error", "close"]
+
+
+def test_full_inbox_is_retried_without_loss(adapter: str, page: Any) -> None:
+    # The session reads its first message, then stalls; with an inbox of 2 the
+    # next POST is answered 429 (taking what fits) and the client sends the
+    # rest again after Retry-After (0 here, so after its own backoff).
+    received: list[Any] = []
+
+    async def slow_reader(session: Session) -> None:
+        import asyncio
+
+        async for data in session:
+            received.append(data)
+            if len(received) == 1:
+                await asyncio.sleep(300 * MS)
+            await session.send(data)
+
+    statuses: list[int] = []
+    page.on("response", lambda response: statuses.append(response.status) if response.request.method == "POST" else None)
+    with serving(adapter, slow_reader, inbox_limit=2, retry_after=0) as base:
+        page.goto(f"{base}/harness.html")
+        index = page.evaluate("""(url) => {
+            const i = startSession(url, {retryBaseDelay: 0.05, retryMaxDelay: 0.2});
+            for (let n = 0; n < 10; n++) session(i).send({n});
+            return i;
+        }""", f"{base}/poll")
+        wait_js(page, "(i) => messages(i).length >= 10", index)
+        assert messages(page, index) == [{"kind": "json", "value": {"n": n}} for n in range(10)]
+        assert received == [{"n": n} for n in range(10)]
+        assert 429 in statuses, statuses
+        assert wait_js(page, "(i) => session(i).bufferedAmount === 0", index)
+
+
+def test_pagehide_deletes_the_session(adapter: str, page: Any) -> None:
+    app = EchoApp()
+    with serving(adapter, app) as base:
+        page.goto(f"{base}/harness.html")
+        index = page.evaluate("(url) => startSession(url, {headers: {'X-Test-Token': 'abc'}})", f"{base}/poll")
+        wait_js(page, "(i) => session(i).readyState === 1", index)
+        wait_until(lambda: list(app.test_headers.values()) == ["abc"], TIMEOUT, "the session to see the header")
+        page.goto("about:blank")
+        wait_until(lambda: app.received()[-1:] == [("closed", 1000)], TIMEOUT, "the DELETE sent on pagehide")
+
+
+def test_cross_origin_allowed_with_credentials(adapter: str, page: Any) -> None:
+    async def who(session: Session) -> None:
+        await session.send({"cookie": session.request.cookies.get("token"), "origin": session.request.origin})
+        async for data in session:
+            await session.send(data)
+
+    with serving(adapter, EchoApp()) as page_base:
+        with serving(adapter, who, allowed_origins=[page_base], allow_credentials=True) as poll_base:
+            assert page_base != poll_base  # same host, another port: another origin
+            page.context.add_cookies([{"name": "token", "value": "t1", "url": poll_base}])
+            page.goto(f"{page_base}/harness.html")
+            ids = page.evaluate("""(url) => ["include", "same-origin"].map((credentials) => {
+                const i = startSession(url, {credentials});
+                session(i).send("text");
+                session(i).send(new Uint8Array([0, 255]));
+                return i;
+            })""", f"{poll_base}/poll")
+            with_cookie, without_cookie = ids
+            for index in ids:
+                wait_js(page, "(i) => messages(i).length >= 3", index)
+            assert messages(page, with_cookie)[0] == {"kind": "json", "value": {"cookie": "t1", "origin": page_base}}
+            assert messages(page, without_cookie)[0] == {"kind": "json", "value": {"cookie": None, "origin": page_base}}
+            for index in ids:
+                assert messages(page, index)[1:] == [
+                    {"kind": "text", "value": "text"},
+                    {"kind": "arraybuffer", "bytes": [0, 255]},
+                ]
+            sids = page.evaluate("(ids) => ids.map((i) => session(i).sessionId)", ids)
+            page.evaluate("(ids) => ids.forEach((i) => session(i).close())", ids)
+            for index in ids:
+                closed = close_event(page, index)
+                assert (closed["code"], closed["wasClean"]) == (1000, True)
+            for sid in sids:
+                assert status_of(poll_base, sid) == 410  # the cross-origin DELETE went through
+
+
+def test_cross_origin_refused_opens_no_session(adapter: str, page: Any) -> None:
+    started: list[str] = []
+
+    async def app(session: Session) -> None:
+        started.append(session.id)
+
+    with serving(adapter, EchoApp()) as page_base, serving(adapter, app) as poll_base:
+        page.goto(f"{page_base}/harness.html")
+        index = page.evaluate(
+            "(url) => startSession(url, {maxRetries: 1, retryBaseDelay: 0.05})", f"{poll_base}/poll")
+        closed = close_event(page, index)
+        assert (closed["code"], closed["wasClean"], closed["readyState"]) == (1006, False, 3)
+        assert page.evaluate("(i) => events(i).map((e) => e.type)", index) == ["error", "close"]
+        assert started == []
+
+
+def test_limits_batching_and_close_while_connecting(adapter: str, page: Any) -> None:
+    app = EchoApp()
+    post_sizes: list[int] = []
+    page.on("request", lambda r: post_sizes.append(len(r.post_data_buffer or b"")) if r.method == "POST" else None)
+    with serving(adapter, app, max_message_size=100, max_body_size=1000) as base:
+        page.goto(f"{base}/harness.html")
+        early, too_big_queued, batched, early_state = page.evaluate("""(url) => {
+            const early = startSession(url);
+            session(early).close(4005, "early");
+            const tooBig = startSession(url);
+            session(tooBig).send("x".repeat(101));
+            return [early, tooBig, startSession(url), [session(early).readyState, closeEvent(early)]];
+        }""", f"{base}/poll")
+
+        # close() while connecting: the session is opened, deleted, and closed cleanly.
+        assert early_state == [2, None]  # CLOSING, no event yet
+        assert close_event(page, early)["code"] == 4005
+        assert page.evaluate("(i) => events(i).map((e) => [e.type, e.reason, e.wasClean])", early) == [
+            ["close", "early", True]]
+        # A message queued before open that exceeds max_message_size fails the session.
+        closed = close_event(page, too_big_queued)
+        assert (closed["code"], closed["wasClean"]) == (1009, False)
+        assert page.evaluate("(i) => events(i).map((e) => e.type)", too_big_queued) == ["error", "close"]
+        wait_until(lambda: sorted(log[-1:] == [("closed", 1000)] for log in app.log.values()) == [False, True, True],
+                   TIMEOUT, "both failed sessions to be deleted on the server")
+
+        # Once the limits are known, send() refuses a message too large at once,
+        # and batches stay within max_body_size.
+        wait_js(page, "(i) => session(i).readyState === 1", batched)
+        error = page.evaluate("""(i) => {
+            let error = null;
+            try { session(i).send("x".repeat(101)); } catch (e) { error = e.name; }
+            for (let n = 0; n < 30; n++) session(i).send(String(n).padStart(90, "-"));
+            return error;
+        }""", batched)
+        assert error == "RangeError"
+        wait_js(page, "(i) => messages(i).length >= 31", batched)
+        assert [m["value"] for m in messages(page, batched)] == ["welcome", *(str(n).rjust(90, "-") for n in range(30))]
+        assert len(post_sizes) >= 3 and max(post_sizes) <= 1000, post_sizes
+
+
+def test_gives_up_after_max_retries(adapter: str, page: Any) -> None:
+    with serving(adapter, EchoApp()) as base:
+        page.goto(f"{base}/harness.html")
+        # Nothing listens on port 9 of the loopback: every attempt is a network error.
+        index = page.evaluate(
+            "() => startSession('http://127.0.0.1:9/poll', {maxRetries: 2, retryBaseDelay: 0.02})")
+        closed = close_event(page, index)
+        assert (closed["code"], closed["wasClean"]) == (1006, False)
+        assert "3 attempts" in closed["reason"]
