@@ -19,7 +19,6 @@ from tests.test_conformance_support import (
     ConformanceServer,
     assert_error,
     make_server,
-    seconds,
     server,
 )
 from tests.utils import MS
