@@ -10,6 +10,7 @@ when the origin's scheme, host and port equal the request's own scheme and
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
@@ -18,6 +19,7 @@ __all__ = ["OriginPolicy", "PREFLIGHT_METHODS", "PREFLIGHT_HEADERS"]
 PREFLIGHT_METHODS = "GET, POST, DELETE"
 PREFLIGHT_HEADERS = "Content-Type, Pollsession-Id"
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_SERIALIZED_ORIGIN = re.compile(r"null|[A-Za-z][A-Za-z0-9+.-]*://[^/?#@\s\\]+")
 
 
 def _host_port(netloc: str, scheme: str) -> tuple[str, int | None] | None:
@@ -74,9 +76,16 @@ class OriginPolicy:
         return mine is not None and mine == _host_port(host, scheme)
 
     def is_allowed_origin(self, origin: str) -> bool:
-        """Whether a cross-origin request from ``origin`` is allowed."""
+        """Whether a cross-origin request from ``origin`` is allowed.
+
+        Patterns only see well-formed origins (``scheme://host[:port]``, or
+        ``null``): a ``*`` matches ``/`` too, so ``https://*.example.com``
+        would otherwise let ``https://evil.test/.example.com`` in.
+        """
         if self._check_origin is not None:
             return bool(self._check_origin(origin))
+        if not _SERIALIZED_ORIGIN.fullmatch(origin):
+            return False
         lowered = origin.lower()
         return any(fnmatch.fnmatchcase(lowered, pattern) for pattern in self._patterns)
 

@@ -34,6 +34,19 @@ def test_patterns_match_the_whole_origin_ignoring_case() -> None:
     assert not policy.is_allowed_origin("http://localhost:80")
 
 
+@pytest.mark.parametrize("origin", [
+    "https://evil.test/.example.com", "https://evil.test?.example.com", "https://evil.test#.example.com",
+    "https://user@a.example.com", "https://a.example.com/", "https://a.example.com path",
+])
+def test_only_well_formed_origins_can_match(origin: str) -> None:
+    assert not OriginPolicy(["https://*.example.com", "*"]).is_allowed_origin(origin)
+
+
+def test_null_origin_matches_only_when_listed() -> None:
+    assert OriginPolicy(["null"]).is_allowed_origin("null")
+    assert not OriginPolicy(["https://*"]).is_allowed_origin("null")
+
+
 def test_callable_replaces_the_list() -> None:
     policy = OriginPolicy(["*"], check_origin=lambda origin: origin.endswith(".trusted"))
     assert policy.is_allowed_origin("https://x.trusted")
