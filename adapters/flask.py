@@ -68,7 +68,10 @@ def make_view(handler: HttpHandler) -> Callable[[], Response]:
 
     def pollsession_view() -> Response:
         answer = handler.handle_request(FlaskContext(request))
-        return Response(answer.body, status=answer.status, headers=answer.headers)
+        response = Response(answer.body, status=answer.status, headers=answer.headers)
+        if not any(name.lower() == "content-type" for name, _ in answer.headers):
+            del response.headers["Content-Type"]  # werkzeug adds a default; the core's answer has none
+        return response
 
     return pollsession_view
 

@@ -23,18 +23,29 @@ Thread-safety: none. The client guards every object here with its own lock.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import enum
 import json
 import math
 import re
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ._errors import MessageTooLarge
+from ._errors import (
+    BadRequest,
+    Forbidden,
+    HttpError,
+    InboxFull,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    Unauthorized,
+    UnknownSession,
+    UnsupportedMediaType,
+)
+from ._messages import MessageType, decode_data, dump_json, from_value, to_wire
 
 __all__ = [
     "ProtocolError",
@@ -47,6 +58,8 @@ __all__ = [
     "parse_poll_answer",
     "parse_post_answer",
     "parse_retry_after",
+    "format_seconds",
+    "http_error",
     "Outbox",
     "Inbound",
     "body_size_of",
@@ -84,30 +97,8 @@ class Encoded:
     size: int
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-
-def _check_json_numbers(value: Any) -> None:
-    """Refuse integers a double cannot hold (PROTOCOL.md section 2)."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, bool) or item is None or isinstance(item, (str, float)):
-            continue
-        if isinstance(item, int):
-            try:
-                float(item)
-            except OverflowError:
-                raise ValueError(f"an integer of {item.bit_length()} bits is beyond the range of a double") from None
-        elif isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, (list, tuple)):
-            stack.extend(item)
-
-
 def encode_message(data: Any, *, max_message_size: int | None = None) -> Encoded:
-    """Encode an application value as a wire message (PROTOCOL.md section 2).
+    """Encode an application value as a wire message, by the core's rules (``_messages``).
 
     ``str`` becomes ``text``; ``bytes``, ``bytearray`` and ``memoryview`` become
     ``binary`` (standard padded base64); anything else becomes ``json``.
@@ -115,62 +106,30 @@ def encode_message(data: Any, *, max_message_size: int | None = None) -> Encoded
     NaN, Infinity, an integer beyond a double), :class:`TypeError` for a value
     JSON cannot hold, and :class:`MessageTooLarge` above ``max_message_size``.
     """
-    if isinstance(data, str):
-        try:
-            size = len(data.encode("utf-8"))
-        except UnicodeEncodeError as exc:
-            raise ValueError(f"text is not valid Unicode: {exc.reason} at index {exc.start}") from None
-        type_, wire = "text", _dumps(data)
-    elif isinstance(data, (bytes, bytearray, memoryview)):
-        raw = bytes(data)
-        size = len(raw)
-        type_, wire = "binary", '"' + base64.b64encode(raw).decode("ascii") + '"'
-    else:
-        _check_json_numbers(data)
-        try:
-            wire = _dumps(data)
-        except ValueError as exc:
-            raise ValueError(f"value is not valid protocol JSON: {exc}") from None
-        try:
-            size = len(wire.encode("utf-8"))
-        except UnicodeEncodeError as exc:
-            raise ValueError(f"JSON value holds invalid Unicode: {exc.reason}") from None
-        type_ = "json"
-    if max_message_size is not None and size > max_message_size:
-        raise MessageTooLarge(size, max_message_size)
-    fragment = f'"type":"{type_}","data":{wire}'.encode("utf-8")
-    return Encoded(type_, fragment, size)
+    message = from_value(data, sys.maxsize if max_message_size is None else max_message_size)
+    wire = to_wire(0, message)
+    fragment = f'"type":"{wire["type"]}","data":{dump_json(wire["data"])}'.encode("utf-8")
+    return Encoded(message.type.value, fragment, message.size)
 
 
 def decode_message(message: Any) -> tuple[int, Any]:
     """Check one incoming wire message and return ``(seq, value)``.
 
     Raises :class:`ProtocolError` if the message does not have the shape of
-    PROTOCOL.md section 2.
+    the protocol (the same rules the server applies to what it receives).
     """
     if not isinstance(message, dict):
         raise ProtocolError(f"expected a message object, got {type(message).__name__}")
     seq = message.get("seq")
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
         raise ProtocolError(f"expected an integer seq >= 1, got {seq!r}")
-    type_ = message.get("type")
     if "data" not in message:
         raise ProtocolError(f"message {seq} has no data")
-    data = message["data"]
-    if type_ == "text":
-        if not isinstance(data, str):
-            raise ProtocolError(f"text message {seq} carries {type(data).__name__}, expected a string")
-        return seq, data
-    if type_ == "binary":
-        if not isinstance(data, str):
-            raise ProtocolError(f"binary message {seq} carries {type(data).__name__}, expected base64")
-        try:
-            return seq, base64.b64decode(data.encode("ascii"), validate=True)
-        except (binascii.Error, UnicodeEncodeError):
-            raise ProtocolError(f"binary message {seq} is not valid base64") from None
-    if type_ == "json":
-        return seq, data
-    raise ProtocolError(f"message {seq} has unknown type {type_!r}")
+    try:
+        type_ = MessageType(message.get("type"))
+        return seq, decode_data(type_, message["data"], 0).data
+    except (ValueError, BadRequest) as exc:
+        raise ProtocolError(f"message {seq} is malformed: {exc}") from None
 
 
 # --------------------------------------------------------------------------
@@ -278,6 +237,53 @@ def parse_retry_after(value: str | None, default: float = 1.0) -> float:
     if value is None or not _DELAY.fullmatch(value.strip()):
         return default
     return float(value.strip())
+
+
+def format_seconds(value: float) -> str:
+    """Format a duration as the protocol's ``[0-9]+(\\.[0-9]+)?`` (millisecond precision)."""
+    text = f"{max(0.0, value):.3f}".rstrip("0").rstrip(".")
+    return text or "0"
+
+
+_ERRORS: dict[int, type[HttpError]] = {
+    400: BadRequest,
+    401: Unauthorized,
+    403: Forbidden,
+    405: MethodNotAllowed,
+    410: UnknownSession,
+    413: PayloadTooLarge,
+    415: UnsupportedMediaType,
+}
+
+
+def http_error(status: int, body: bytes, retry_after: str | None = None, reason: str = "") -> HttpError:
+    """Turn a refusal into the matching :class:`pollsession.HttpError` subclass.
+
+    The server's short code and message are kept when the body has them
+    (PROTOCOL.md section 8); a status without a subclass gives a plain
+    :class:`HttpError` carrying that status.
+    """
+    code: str | None = None
+    message = reason or f"HTTP {status}"
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        document = None
+    if isinstance(document, dict):
+        code = document["error"] if isinstance(document.get("error"), str) else None
+        message = document["message"] if isinstance(document.get("message"), str) else message
+    if status == 429:
+        ack = document.get("ack") if isinstance(document, dict) else None
+        ack = ack if isinstance(ack, int) and not isinstance(ack, bool) else 0
+        return InboxFull(message, ack=ack, retry_after=int(parse_retry_after(retry_after)))
+    if status == 503:
+        return ServiceUnavailable(message, retry_after=int(parse_retry_after(retry_after)), code=code)
+    cls = _ERRORS.get(status)
+    if cls is not None:
+        return cls(message, code=code)
+    error = HttpError(message, code=code)
+    error.status = status
+    return error
 
 
 class Disposition(enum.Enum):

@@ -68,13 +68,14 @@ class SessionClosed(PollsessionError):
 class MessageTooLarge(PollsessionError, ValueError):
     """A message is larger than the configured ``max_message_size``."""
 
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(size, limit)
+    def __init__(self, size: int, limit: int, limit_name: str = "max_message_size") -> None:
+        super().__init__(size, limit, limit_name)
         self.size = size
         self.limit = limit
+        self.limit_name = limit_name
 
     def __str__(self) -> str:
-        return f"message of {self.size} bytes exceeds max_message_size of {self.limit} bytes"
+        return f"message of {self.size} bytes exceeds {self.limit_name} of {self.limit} bytes"
 
 
 class HttpError(PollsessionError):

@@ -26,7 +26,7 @@ import inspect
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 from ._config import Settings
@@ -155,17 +155,13 @@ class HttpHandler:
         """Answer one request, blocking the calling thread while a poll is held."""
         if self._loop_thread.in_loop_thread():
             raise RuntimeError("handle_request() cannot be called from the handler's own loop thread")
-        cors, step = self._begin(context)
+        cors, step = self._start(context)
         if isinstance(step, HttpResponse):
             return self._finish(step, cors)
         try:
-            future = self._loop_thread.submit(step)
-        except LoopStopped:
-            return self._finish(self._unavailable(), cors)
-        try:
-            response = future.result(timeout=self.settings.poll_timeout + 60)
+            response = step.result(timeout=self.settings.poll_timeout + 60)
         except (concurrent.futures.CancelledError, concurrent.futures.TimeoutError):
-            future.cancel()
+            step.cancel()
             response = self._unavailable()
         return self._finish(response, cors)
 
@@ -174,18 +170,29 @@ class HttpHandler:
 
         Cancelling the awaiting task (the client went away) releases a held poll.
         """
-        cors, step = self._begin(context)
+        cors, step = self._start(context)
         if isinstance(step, HttpResponse):
             return self._finish(step, cors)
         try:
-            future = self._loop_thread.submit(step)
-        except LoopStopped:
-            return self._finish(self._unavailable(), cors)
-        try:
-            response = await asyncio.wrap_future(future)
-        except concurrent.futures.CancelledError:
-            response = self._unavailable()
+            response = await asyncio.wrap_future(step)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # our caller gave up on the request
+            response = self._unavailable()  # the handler's loop stopped under the request
         return self._finish(response, cors)
+
+    def _start(
+        self, context: HttpContext
+    ) -> tuple[list[tuple[str, str]], HttpResponse | concurrent.futures.Future[HttpResponse]]:
+        """An immediate answer, or the future of the answer being made on the loop."""
+        cors, step = self._begin(context)
+        if isinstance(step, HttpResponse):
+            return cors, step
+        try:
+            return cors, self._loop_thread.submit(step)
+        except LoopStopped:
+            return cors, self._unavailable()
 
     def _begin(self, context: HttpContext) -> tuple[list[tuple[str, str]], HttpResponse | Coroutine[Any, Any, HttpResponse]]:
         """Checks that need no session; an immediate answer, or the coroutine to run on the loop."""

@@ -27,6 +27,7 @@ __all__ = [
     "parse_json",
     "parse_batch",
     "dump_json",
+    "decode_data",
 ]
 
 
@@ -144,7 +145,8 @@ def parse_json(body: bytes) -> Any:
     return value
 
 
-def _decode_data(type_: MessageType, data: Any, index: int) -> Message:
+def decode_data(type_: MessageType, data: Any, index: int) -> Message:
+    """Check ``data`` against its type and decode it; BadRequest names ``messages[index]``."""
     if type_ is MessageType.TEXT:
         if not isinstance(data, str):
             raise BadRequest(f"messages[{index}].data must be a string for type text")
@@ -194,5 +196,5 @@ def parse_batch(body: bytes) -> list[tuple[int, Message]]:
             ) from None
         if "data" not in item:
             raise BadRequest(f"messages[{index}] has no data")
-        batch.append((seq, _decode_data(type_, item["data"], index)))
+        batch.append((seq, decode_data(type_, item["data"], index)))
     return batch

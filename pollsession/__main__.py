@@ -1,0 +1,94 @@
+"""``python -m pollsession``: command-line tools; for now, the chat demo.
+
+::
+
+    python -m pollsession demo [--adapter tornado|flask] [--host 127.0.0.1] [--port 8000]
+                               [--nick-timeout 10] [--clock-interval 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main", "build_parser"]
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number from 0 to 65535 (0: any free port), got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pollsession",
+        description="pollsession: a WebSocket-like session over HTTP long-polling.",
+        epilog="Try: python -m pollsession demo   (options: python -m pollsession demo --help)",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    demo = commands.add_parser(
+        "demo",
+        help="serve a small chat to try pollsession in a browser",
+        description=(
+            "Serve a small chat: open the printed URL in two browser tabs. Rooms are chosen by URL "
+            "(/room/<name>); a clock is pushed to every session. Stop with Ctrl-C."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    demo.add_argument("--adapter", choices=("tornado", "flask"), default="tornado",
+                      help="the web framework that serves the demo")
+    demo.add_argument("--host", default="127.0.0.1", help="the address to listen on")
+    demo.add_argument("--port", type=_port, default=8000, help="the port to listen on (0: any free port)")
+    demo.add_argument("--nick-timeout", type=_positive_seconds, default=10.0, metavar="SECONDS",
+                      help="a session that has not sent its nickname by then is closed with 1008")
+    demo.add_argument("--clock-interval", type=_positive_seconds, default=5.0, metavar="SECONDS",
+                      help="how often the clock is pushed to every session")
+    return parser
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from pollsession.demo import Chat, serve
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    chat = Chat(nick_timeout=args.nick_timeout, clock_interval=args.clock_interval)
+
+    def ready(url: str) -> None:
+        print(f"pollsession demo ({args.adapter}): open {url}/ in two browser tabs (Ctrl-C to stop)", flush=True)
+
+    try:
+        serve(args.adapter, chat, host=args.host, port=args.port, ready=ready)
+    except OSError as error:  # most often: the port is taken
+        print(f"pollsession demo: cannot listen on {args.host}:{args.port}: {error}", file=sys.stderr)
+        return 1
+    print("pollsession demo: stopped", flush=True)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        return _run_demo(args)
+    parser.print_help(sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""The demo's chat, framework-neutral: one session coroutine and one clock task.
+
+The conversation, every server message a JSON object with a ``type``:
+
+* server: ``{"type": "hello", "room": R, "time": "HH:MM:SS", "nick_timeout": S}`` at once;
+* client: its nickname, as a text message, within ``nick_timeout`` seconds; a
+  session that sends none (or sends something that is not a nickname) is
+  closed with 1008, "nickname required";
+* server, to the room: ``{"type": "join", "nick": N, "members": [...]}``, the
+  newcomer included;
+* client: a chat line, as a text message (other types are ignored);
+* server, to the room: ``{"type": "message", "nick": N, "text": T}``;
+* server, to the room, when a member goes: ``{"type": "leave", "nick": N, "members": [...]}``;
+* server, to every session, every ``clock_interval`` seconds:
+  ``{"type": "clock", "time": "HH:MM:SS"}``.
+
+The room is the ``room`` query parameter of the URL that opened the session
+(``/poll?room=lobby``). Everything here runs on the handler's loop, except
+:meth:`Chat.start` and :meth:`Chat.close`, which are called from the thread
+that runs the web server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import datetime
+import logging
+import re
+from typing import Any
+
+from .._errors import SessionClosed
+from .._handler import HttpHandler
+from .._session import Session
+
+__all__ = ["Chat", "ROOM_NAME", "NICK_REQUIRED"]
+
+logger = logging.getLogger("pollsession.demo")
+
+ROOM_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
+"""What a room name may be: it appears in URLs and on the page."""
+
+NICK_REQUIRED = "nickname required"
+MAX_NICK = 32
+MAX_TEXT = 500
+
+
+def wall_clock() -> str:
+    """The server's local time of day, for people to read (never used to measure time)."""
+    return datetime.datetime.now().strftime("%H:%M:%S")
+
+
+def clean_nick(data: Any) -> str | None:
+    """The nickname a first message carries, whitespace collapsed, or None if it carries none."""
+    if not isinstance(data, str):
+        return None
+    nick = " ".join(data.split())[:MAX_NICK]
+    return nick or None
+
+
+class Chat:
+    """Chat rooms over one :class:`~pollsession.HttpHandler`, plus a clock.
+
+    Mount ``chat.handler`` in a web app, call :meth:`start` once the app is
+    about to serve (it starts the clock on the handler's loop), and
+    :meth:`close` when it stops. Keyword arguments other than the two below
+    go to ``HttpHandler``.
+    """
+
+    def __init__(self, *, nick_timeout: float = 10.0, clock_interval: float = 5.0, **handler_options: Any) -> None:
+        if nick_timeout <= 0 or clock_interval <= 0:
+            raise ValueError(f"nick_timeout and clock_interval must be > 0, got {nick_timeout} and {clock_interval}")
+        self.nick_timeout = nick_timeout
+        self.clock_interval = clock_interval
+        self.handler = HttpHandler(self.serve_session, **handler_options)
+        # room -> session id -> nickname; touched on the handler's loop only.
+        self._members: dict[str, dict[str, str]] = {}
+        self._clock: concurrent.futures.Future[None] | None = None
+
+    def start(self) -> None:
+        """Start the clock: one task on the handler's loop for every session. Idempotent."""
+        if self._clock is None:
+            self._clock = self.handler.submit(self._tick())
+
+    def close(self) -> None:
+        """Stop the clock, then close every session with 1001 (``HttpHandler.close``). Idempotent."""
+        if self._clock is not None:
+            self._clock.cancel()
+        self.handler.close()
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.clock_interval)
+            try:
+                await self.handler.broadcast({"type": "clock", "time": wall_clock()})
+            except Exception:  # a bad tick must not stop the clock
+                logger.exception("pollsession demo: the clock's broadcast failed")
+
+    def members(self, room: str) -> list[str]:
+        """The nicknames in ``room``, sorted; on the handler's loop only."""
+        return sorted(self._members.get(room, {}).values(), key=str.casefold)
+
+    async def serve_session(self, session: Session) -> None:
+        """The target of ``self.handler``: one chat member, from hello to leave."""
+        room = session.request.query.get("room", "lobby")
+        if not ROOM_NAME.fullmatch(room):
+            await session.close(1008, "bad room name")
+            return
+        await session.send({"type": "hello", "room": room, "time": wall_clock(), "nick_timeout": self.nick_timeout})
+        try:
+            nick = clean_nick(await session.receive(timeout=self.nick_timeout))
+        except TimeoutError:
+            nick = None
+        except SessionClosed:
+            return
+        if nick is None:
+            await session.close(1008, NICK_REQUIRED)
+            return
+
+        session.join(room)
+        self._members.setdefault(room, {})[session.id] = nick
+        try:
+            await self.handler.broadcast({"type": "join", "nick": nick, "members": self.members(room)}, room=room)
+            async for data in session:
+                text = data.strip()[:MAX_TEXT] if isinstance(data, str) else ""
+                if text:
+                    await self.handler.broadcast({"type": "message", "nick": nick, "text": text}, room=room)
+        finally:
+            members = self._members.get(room, {})
+            members.pop(session.id, None)
+            if not members:
+                self._members.pop(room, None)
+        await self.handler.broadcast({"type": "leave", "nick": nick, "members": self.members(room)}, room=room)

@@ -1,0 +1,367 @@
+"""The client's reliability bookkeeping through plain calls: no sockets, no threads, no sleeps."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from pollsession import HttpError, InboxFull, MessageTooLarge, ServiceUnavailable, Unauthorized, UnknownSession
+from pollsession._client_state import (
+    Backoff,
+    Disposition,
+    Inbound,
+    Outbox,
+    ProtocolError,
+    ServerConfig,
+    body_size_of,
+    classify_status,
+    decode_message,
+    encode_message,
+    format_seconds,
+    http_error,
+    parse_open_answer,
+    parse_poll_answer,
+    parse_post_answer,
+    parse_retry_after,
+)
+
+
+def wire(data: Any, seq: int = 1) -> dict[str, Any]:
+    """The wire form of one message, as the server would parse it."""
+    outbox = Outbox()
+    for _ in range(seq - 1):
+        outbox.push(encode_message(0))
+    outbox.push(encode_message(data))
+    outbox.acknowledge(seq - 1)
+    batch = outbox.batch(max_body_size=1 << 30, max_count=1)
+    assert batch is not None
+    (message,) = json.loads(batch[0])["messages"]
+    return message  # type: ignore[no-any-return]
+
+
+def seqs_of(body: bytes) -> list[int]:
+    return [m["seq"] for m in json.loads(body)["messages"]]
+
+
+# -- encoding ---------------------------------------------------------------
+
+
+def test_str_is_text_with_utf8_size() -> None:
+    encoded = encode_message("héllo ☃")
+    assert (encoded.type, encoded.size) == ("text", len("héllo ☃".encode()))
+    assert wire("héllo ☃") == {"seq": 1, "type": "text", "data": "héllo ☃"}
+
+
+@pytest.mark.parametrize("data", [bytes(range(256)), bytearray(b"\x00\xff"), memoryview(b"abc"), b""])
+def test_bytes_like_is_canonical_base64(data: Any) -> None:
+    encoded = encode_message(data)
+    raw = bytes(data)
+    assert (encoded.type, encoded.size) == ("binary", len(raw))
+    assert wire(data)["data"] == base64.b64encode(raw).decode("ascii")
+
+
+@pytest.mark.parametrize("value", [{"a": [1, 2.5, None, True]}, [], 0, None, False, "x" * 0, 2**53])
+def test_anything_else_is_compact_json(value: Any) -> None:
+    if isinstance(value, str):
+        value = {"s": value}
+    encoded = encode_message(value)
+    compact = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    assert (encoded.type, encoded.size) == ("json", len(compact))
+    assert wire(value) == {"seq": 1, "type": "json", "data": value}
+
+
+@pytest.mark.parametrize(
+    "value, error",
+    [
+        ("lone \ud800 surrogate", ValueError),
+        ({"x": float("nan")}, ValueError),
+        ([float("inf")], ValueError),
+        ({"big": 10**400}, ValueError),
+        ({"k": {1, 2}}, TypeError),
+        (object(), TypeError),
+        ({"s": "\udfff"}, ValueError),
+    ],
+)
+def test_values_the_protocol_forbids_are_refused(value: Any, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        encode_message(value)
+
+
+def test_message_size_limit_counts_application_bytes() -> None:
+    assert encode_message(b"x" * 10, max_message_size=10).size == 10  # base64 growth does not count
+    with pytest.raises(MessageTooLarge) as caught:
+        encode_message("é" * 6, max_message_size=11)
+    assert (caught.value.size, caught.value.limit) == (12, 11)
+
+
+def test_body_size_of_matches_a_one_message_batch() -> None:
+    encoded = encode_message({"k": "v" * 100})
+    outbox = Outbox()
+    outbox.push(encoded)
+    batch = outbox.batch(max_body_size=1 << 20, max_count=10)
+    assert batch is not None
+    assert body_size_of(encoded, 1) == len(batch[0])
+
+
+# -- decoding -----------------------------------------------------------------
+
+
+def test_decode_each_type() -> None:
+    assert decode_message({"seq": 3, "type": "text", "data": "hi"}) == (3, "hi")
+    assert decode_message({"seq": 4, "type": "binary", "data": "AP8="}) == (4, b"\x00\xff")
+    assert decode_message({"seq": 5, "type": "json", "data": None}) == (5, None)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        [],
+        {"type": "text", "data": "x"},
+        {"seq": 0, "type": "text", "data": "x"},
+        {"seq": True, "type": "text", "data": "x"},
+        {"seq": 1.0, "type": "text", "data": "x"},
+        {"seq": 1, "type": "text"},
+        {"seq": 1, "type": "text", "data": 5},
+        {"seq": 1, "type": "binary", "data": "not base64!"},
+        {"seq": 1, "type": "binary", "data": "é"},
+        {"seq": 1, "type": "frame", "data": "x"},
+    ],
+)
+def test_decode_refuses_malformed_messages(message: Any) -> None:
+    with pytest.raises(ProtocolError):
+        decode_message(message)
+
+
+def test_parse_answers() -> None:
+    answer = parse_poll_answer(
+        b'{"messages":[{"seq":1,"type":"text","data":"a"}],"closed":{"code":4001,"reason":"bye"}}'
+    )
+    assert answer.messages == [(1, "a")]
+    assert answer.closed == (4001, "bye")
+    assert parse_poll_answer(b'{"messages":[],"closed":null}').closed is None
+    assert parse_post_answer(b'{"ack":7}') == 7
+    assert parse_post_answer(b'{"error":"inbox_full","message":"m","ack":3}') == 3
+    for bad in (b"<html>", b"[]", b'{"messages":{}}', b'{"messages":[],"closed":{"code":"x"}}'):
+        with pytest.raises(ProtocolError):
+            parse_poll_answer(bad)
+    for bad in (b"{}", b'{"ack":-1}', b'{"ack":true}', b'{"ack":1.5}', b"\xff"):
+        with pytest.raises(ProtocolError):
+            parse_post_answer(bad)
+
+
+def test_parse_open_answer_reads_limits() -> None:
+    body = json.dumps(
+        {"version": 1, "sid": "abc", "poll_timeout": 2.0, "session_timeout": 9.0, "inbox_limit": 4,
+         "max_message_size": 100, "max_body_size": 1000,
+         "messages": [{"seq": 1, "type": "json", "data": {"hello": 1}}], "closed": None}
+    ).encode()
+    config, answer = parse_open_answer(body, "ignored-when-the-body-has-one")
+    assert config == ServerConfig(sid="abc", poll_timeout=2.0, session_timeout=9.0, inbox_limit=4,
+                                  max_message_size=100, max_body_size=1000)
+    assert answer.messages == [(1, {"hello": 1})]
+    assert parse_open_answer(b'{"messages":[]}', "from-header")[0].sid == "from-header"
+    for bad in (b'{"messages":[]}', b'{"sid":"a","version":2}', b'{"sid":"a","inbox_limit":-1}'):
+        with pytest.raises(ProtocolError):
+            parse_open_answer(bad)
+
+
+@pytest.mark.parametrize(
+    "header, expected",
+    [(None, 1.0), ("2", 2.0), (" 3 ", 3.0), ("0", 0.0), ("0.25", 0.25), ("-1", 1.0), ("soon", 1.0),
+     ("Wed, 21 Oct 2015 07:28:00 GMT", 1.0)],
+)
+def test_retry_after(header: str | None, expected: float) -> None:
+    assert parse_retry_after(header) == expected
+
+
+@pytest.mark.parametrize(
+    "status, disposition",
+    [(200, Disposition.OK), (204, Disposition.OK), (429, Disposition.THROTTLED), (410, Disposition.GONE),
+     (500, Disposition.RETRY), (502, Disposition.RETRY), (503, Disposition.RETRY), (400, Disposition.FATAL),
+     (403, Disposition.FATAL), (413, Disposition.FATAL), (302, Disposition.FATAL)],
+)
+def test_classify_status(status: int, disposition: Disposition) -> None:
+    assert classify_status(status) is disposition
+
+
+# -- the outbox -----------------------------------------------------------------
+
+
+def filled_outbox(count: int, data: Any = "m") -> Outbox:
+    outbox = Outbox()
+    for _ in range(count):
+        outbox.push(encode_message(data))
+    return outbox
+
+
+def test_outbox_numbers_from_one_and_keeps_until_acknowledged() -> None:
+    outbox = filled_outbox(3)
+    assert (len(outbox), outbox.last_seq) == (3, 3)
+    batch = outbox.batch(max_body_size=1 << 20, max_count=100)
+    assert batch is not None and seqs_of(batch[0]) == [1, 2, 3] and batch[1] == 3
+    # The answer was lost: the next batch is the same one.
+    again = outbox.batch(max_body_size=1 << 20, max_count=100)
+    assert again == batch
+    assert outbox.acknowledge(2) == 2
+    batch = outbox.batch(max_body_size=1 << 20, max_count=100)
+    assert batch is not None and seqs_of(batch[0]) == [3]
+    assert outbox.acknowledge(1) == 0  # a stale ack changes nothing
+    assert outbox.acknowledge(3) == 1
+    assert outbox.batch(max_body_size=1 << 20, max_count=100) is None
+    assert outbox.acked == 3
+
+
+def test_outbox_batch_body_is_valid_protocol_json() -> None:
+    outbox = Outbox()
+    values: list[Any] = ["t", b"\x00\x01", {"j": [1]}]
+    for value in values:
+        outbox.push(encode_message(value))
+    batch = outbox.batch(max_body_size=1 << 20, max_count=10)
+    assert batch is not None
+    assert json.loads(batch[0]) == {
+        "messages": [
+            {"seq": 1, "type": "text", "data": "t"},
+            {"seq": 2, "type": "binary", "data": "AAE="},
+            {"seq": 3, "type": "json", "data": {"j": [1]}},
+        ]
+    }
+
+
+def test_outbox_batch_respects_count_limit() -> None:
+    outbox = filled_outbox(10)
+    batch = outbox.batch(max_body_size=1 << 20, max_count=4)
+    assert batch is not None and seqs_of(batch[0]) == [1, 2, 3, 4]
+    outbox.acknowledge(4)
+    batch = outbox.batch(max_body_size=1 << 20, max_count=4)
+    assert batch is not None and seqs_of(batch[0]) == [5, 6, 7, 8]
+
+
+def test_outbox_batch_respects_body_limit_exactly() -> None:
+    outbox = filled_outbox(5, "x" * 20)
+    full = outbox.batch(max_body_size=1 << 20, max_count=100)
+    assert full is not None
+    size_of_two = len(filled_outbox(2, "x" * 20).batch(max_body_size=1 << 20, max_count=100)[0])  # type: ignore[index]
+    exact = outbox.batch(max_body_size=size_of_two, max_count=100)
+    assert exact is not None and seqs_of(exact[0]) == [1, 2] and len(exact[0]) == size_of_two
+    short = outbox.batch(max_body_size=size_of_two - 1, max_count=100)
+    assert short is not None and seqs_of(short[0]) == [1]
+
+
+def test_outbox_sends_one_oversized_message_alone_rather_than_never() -> None:
+    outbox = filled_outbox(2, "x" * 100)
+    batch = outbox.batch(max_body_size=10, max_count=100)
+    assert batch is not None and seqs_of(batch[0]) == [1]
+
+
+def test_outbox_refuses_an_ack_beyond_what_was_sent() -> None:
+    outbox = filled_outbox(2)
+    with pytest.raises(ProtocolError):
+        outbox.acknowledge(3)
+
+
+def test_outbox_after_partial_ack_of_a_throttled_batch() -> None:
+    # 429: the server took 1..3 of 1..6; the client sends 4..6 again, then more that was queued meanwhile.
+    outbox = filled_outbox(6)
+    outbox.acknowledge(3)
+    outbox.push(encode_message("late"))
+    batch = outbox.batch(max_body_size=1 << 20, max_count=100)
+    assert batch is not None and seqs_of(batch[0]) == [4, 5, 6, 7]
+
+
+# -- incoming ---------------------------------------------------------------
+
+
+def test_inbound_drops_duplicates_and_advances_ack() -> None:
+    inbound = Inbound()
+    assert inbound.accept([(1, "a"), (2, "b")]) == ["a", "b"]
+    assert inbound.ack == 2
+    # The answer carrying 1..2 was lost on its way and is sent again with 3.
+    assert inbound.accept([(1, "a"), (2, "b"), (3, "c")]) == ["c"]
+    assert (inbound.ack, inbound.duplicates) == (3, 2)
+
+
+def test_inbound_refuses_to_skip_a_gap() -> None:
+    inbound = Inbound()
+    assert inbound.accept([(2, "b"), (3, "c")]) == []
+    assert (inbound.ack, inbound.gaps) == (0, 2)
+    assert inbound.accept([(1, "a"), (2, "b"), (4, "d")]) == ["a", "b"]
+    assert inbound.ack == 2
+
+
+def test_inbound_ten_thousand_with_every_answer_lost_once() -> None:
+    inbound = Inbound()
+    received: list[int] = []
+    for start in range(1, 10_001, 100):
+        batch = [(seq, seq) for seq in range(start, start + 100)]
+        received += inbound.accept(batch[:50])  # a truncated first answer
+        received += inbound.accept(batch)  # the whole batch again
+    assert received == list(range(1, 10_001))
+    assert inbound.duplicates == 50 * 100
+
+
+# -- backoff ----------------------------------------------------------------
+
+
+class FakeRandom:
+    """Returns the given values in turn."""
+
+    def __init__(self, *values: float) -> None:
+        self._values: Iterator[float] = iter(values)
+
+    def __call__(self) -> float:
+        return next(self._values)
+
+
+def test_backoff_doubles_up_to_the_cap_and_jitters_within_half() -> None:
+    backoff = Backoff(base=0.1, max_delay=1.0, max_retries=6, random=FakeRandom(0, 0.999999, 0.5, 0, 0, 0))
+    delays = [backoff.failure() for _ in range(6)]
+    assert delays == pytest.approx([0.05, 0.2, 0.3, 0.4, 0.5, 0.5], abs=1e-5)
+
+
+def test_backoff_gives_up_after_max_retries_and_resets_on_success() -> None:
+    backoff = Backoff(base=0.1, max_delay=5.0, max_retries=2, random=lambda: 1.0)
+    assert backoff.failure() == pytest.approx(0.1)
+    assert backoff.failure() == pytest.approx(0.2)
+    assert backoff.failure() is None
+    backoff.reset()
+    assert backoff.failure() == pytest.approx(0.1)
+
+
+def test_backoff_with_no_retries_gives_up_at_once() -> None:
+    assert Backoff(base=0.1, max_delay=1.0, max_retries=0, random=lambda: 0.0).failure() is None
+
+
+def test_backoff_never_overflows() -> None:
+    backoff = Backoff(base=0.1, max_delay=2.0, max_retries=10_000, random=lambda: 0.0)
+    delays = [backoff.failure() for _ in range(2000)]
+    assert delays[-1] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("kwargs", [{"base": 0}, {"base": 2.0, "max_delay": 1.0}, {"max_retries": -1}])
+def test_backoff_refuses_nonsense(kwargs: dict[str, Any]) -> None:
+    settings: dict[str, Any] = {"base": 0.1, "max_delay": 1.0, "max_retries": 3, "random": lambda: 0.0}
+    with pytest.raises(ValueError):
+        Backoff(**(settings | kwargs))
+
+
+@pytest.mark.parametrize("seconds, text", [(0, "0"), (0.0, "0"), (2, "2"), (10, "10"), (0.25, "0.25"), (1.0004, "1"),
+                                           (100.5, "100.5"), (-1, "0")])
+def test_format_seconds_matches_the_wait_syntax(seconds: float, text: str) -> None:
+    assert format_seconds(seconds) == text
+
+
+def test_http_error_keeps_the_servers_code_and_message() -> None:
+    error = http_error(401, b'{"error":"unauthorized","message":"token required"}')
+    assert isinstance(error, Unauthorized) and (error.status, error.code, error.message) == (
+        401, "unauthorized", "token required")
+    full = http_error(429, b'{"error":"inbox_full","message":"m","ack":5}', "2")
+    assert isinstance(full, InboxFull) and (full.ack, full.retry_after) == (5, 2)
+    busy = http_error(503, b"<html>busy</html>", None, "Service Unavailable")
+    assert isinstance(busy, ServiceUnavailable) and (busy.message, busy.retry_after) == ("Service Unavailable", 1)
+    assert isinstance(http_error(410, b""), UnknownSession)
+    odd = http_error(418, b"{}")
+    assert type(odd) is HttpError and odd.status == 418 and odd.message == "HTTP 418"
