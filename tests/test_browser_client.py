@@ -13,8 +13,6 @@ the tests skip, except under CI (``CI`` set), where they fail.
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -26,48 +24,9 @@ from pollsession import HttpHandler, Session, SessionClosed
 from tests.browser_pages import add_browser_routes
 from tests.utils import ADAPTERS, MS, serve, wait_until
 
-# Debian's package; elsewhere, whatever "chromium" is on PATH.
-CHROMIUM = "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else shutil.which("chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 TIMEOUT = 10_000 * MS  # seconds; the longest any single wait may take
 
 pytestmark = pytest.mark.parametrize("adapter", ADAPTERS)
-
-
-def _browser_problem() -> str | None:
-    if CHROMIUM is None:
-        return "Chromium is not installed at /usr/bin/chromium nor on PATH (apt-get install chromium)"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "the playwright Python package is not installed"
-    return None
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    problem = _browser_problem()
-    if problem is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"browser tests cannot run under CI: {problem}", pytrace=False)
-        pytest.skip(problem)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        # Playwright gives the browser a fresh temporary --user-data-dir.
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_wheel_holds_the_package_adapters_and_data(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     for name in ("pollsession/__init__.py", "pollsession/py.typed", "pollsession/static/pollsession.js",
+                 "pollsession/static/pollsession.mjs", "pollsession/demo/__init__.py", "pollsession/demo/chat.html",
                  "pollsession/adapters/__init__.py", "pollsession/adapters/flask.py",
                  "pollsession/adapters/tornado.py"):
         assert name in names, name
