@@ -57,6 +57,7 @@ __all__ = [
     "PollAnswer",
     "parse_poll_answer",
     "parse_post_answer",
+    "parse_gone_answer",
     "parse_retry_after",
     "format_seconds",
     "http_error",
@@ -156,6 +157,18 @@ def _closed(value: Any) -> tuple[int, str] | None:
     if not isinstance(code, int) or isinstance(code, bool) or not isinstance(reason, str):
         raise ProtocolError(f"expected closed to hold an integer code and a string reason, got {value!r}")
     return code, reason
+
+
+def parse_gone_answer(body: bytes) -> tuple[int, str] | None:
+    """The close a ``410`` answer reports for a session that ended recently, if any.
+
+    The server remembers how a forgotten session ended for a while, so a
+    client whose answer carrying the close was lost still learns it.
+    """
+    try:
+        return _closed(_load_object(body).get("closed"))
+    except ProtocolError:
+        return None
 
 
 def _number(obj: dict[str, Any], key: str, default: float) -> float:

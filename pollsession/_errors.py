@@ -125,8 +125,15 @@ class MethodNotAllowed(HttpError):
 
 
 class UnknownSession(HttpError):
+    """410. ``closed`` is the close of a session that ended recently, so that a
+    client whose last answers were lost still learns how it ended."""
+
     status = 410
     code = "unknown_session"
+
+    def __init__(self, message: str, *, code: str | None = None, closed: dict[str, object] | None = None) -> None:
+        super().__init__(message, code=code)
+        self.closed = closed
 
 
 class PayloadTooLarge(HttpError):

@@ -52,6 +52,10 @@ class ExpiryQueue(Generic[K]):
             expired.append(key)
         return expired
 
+    def pop_oldest(self) -> K:
+        """Remove and return the least recently active key (KeyError when empty)."""
+        return self._last_active.popitem(last=False)[0]
+
     def next_deadline(self) -> float | None:
         """When the oldest key expires, or None when nothing is tracked."""
         for last in self._last_active.values():

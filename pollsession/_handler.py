@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 from ._config import Settings
 from ._context import HttpContext, HttpResponse, RequestInfo
-from ._errors import Forbidden, HttpError, InboxFull, MethodNotAllowed, ServiceUnavailable
+from ._errors import Forbidden, HttpError, InboxFull, MethodNotAllowed, ServiceUnavailable, UnknownSession
 from ._loop import EventLoopThread, LoopStopped
 from ._messages import dump_json, from_value
 from ._origins import OriginPolicy
@@ -69,6 +69,8 @@ def error_response(error: HttpError) -> HttpResponse:
         headers.append(("Retry-After", str(error.retry_after)))
     elif isinstance(error, MethodNotAllowed):
         headers.append(("Allow", ALLOW))
+    elif isinstance(error, UnknownSession) and error.closed is not None:
+        document["closed"] = error.closed
     return _json_response(error.status, document, headers)
 
 

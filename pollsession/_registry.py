@@ -24,7 +24,7 @@ from ._errors import HttpError, InboxFull, ServiceUnavailable, SessionClosed, Un
 from ._expiry import ExpiryQueue
 from ._messages import Message
 from ._rooms import Rooms
-from ._session import PollWake, Session
+from ._session import CloseInfo, PollWake, Session
 
 __all__ = ["Registry", "Target"]
 
@@ -42,6 +42,9 @@ class Registry:
         self._sessions: dict[str, Session] = {}
         self._paths: dict[str, str] = {}
         self._expiry: ExpiryQueue[str] = ExpiryQueue(settings.session_timeout)
+        # Sessions forgotten recently, with their close, for session_timeout seconds.
+        self._ended: dict[str, tuple[str, CloseInfo]] = {}
+        self._ended_order: ExpiryQueue[str] = ExpiryQueue(settings.session_timeout)
         self._tasks: set[asyncio.Task[None]] = set()
         self.rooms = Rooms()
         self._timer: asyncio.TimerHandle | None = None
@@ -61,6 +64,10 @@ class Registry:
     def _find(self, sid: str, path: str) -> Session:
         session = self._sessions.get(sid)
         if session is None or self._paths[sid] != path:
+            ended = self._ended.get(sid)
+            if ended is not None and ended[0] == path:
+                raise UnknownSession("the session has ended and is forgotten", code="session_ended",
+                                     closed=ended[1].to_wire())
             raise UnknownSession("unknown, expired or closed session")
         return session
 
@@ -69,9 +76,16 @@ class Registry:
             self._expiry.touch(session.id, self._settings.clock())
 
     def _forget(self, session: Session) -> None:
+        path = self._paths.pop(session.id, None)
         self._sessions.pop(session.id, None)
-        self._paths.pop(session.id, None)
         self._expiry.discard(session.id)
+        if path is not None and session._close is not None:
+            # Remember how it ended for a while: a client whose answer carrying
+            # the close was lost learns it from the 410 instead of guessing.
+            self._ended[session.id] = (path, session._close)
+            self._ended_order.touch(session.id, self._settings.clock())
+            if len(self._ended) > self._settings.max_sessions:
+                self._ended.pop(self._ended_order.pop_oldest(), None)
 
     # -- the protocol's operations ------------------------------------------
 
@@ -146,8 +160,8 @@ class Registry:
     ) -> dict[str, Any]:
         """Hand pushed messages to the session; 429 with the ack when some did not fit."""
         session = self._find(sid, path)
-        if session.closed:
-            raise UnknownSession("the session is closed", code="session_closed")
+        if session._close is not None:
+            raise UnknownSession("the session is closed", code="session_closed", closed=session._close.to_wire())
         if error is not None:
             raise error
         ack, complete = session._accept(batch)
@@ -202,7 +216,7 @@ class Registry:
     def _on_timer(self) -> None:
         self._timer = None
         self.expire()
-        if self._sessions:
+        if self._sessions or self._ended:
             self._ensure_timer()
 
     def expire(self, now: float | None = None) -> list[str]:
@@ -212,6 +226,8 @@ class Registry:
         """
         if now is None:
             now = self._settings.clock()
+        for sid in self._ended_order.pop_expired(now):
+            self._ended.pop(sid, None)
         expired = self._expiry.pop_expired(now)
         for sid in expired:
             session = self._sessions.get(sid)

@@ -35,8 +35,9 @@ Failures
 --------
 A network error, a timeout, a 5xx or an unreadable answer is retried with
 exponential backoff and jitter, up to ``max_retries`` consecutive retries; then
-the session ends with code 1006. A 410 ends it with 1006 at once (the server
-no longer knows the session). A 429 is not a failure: the client keeps what the
+the session ends with code 1006. A 410 ends it at once: with the close the
+server reports in it for a session that ended recently (the answer carrying
+the close was lost), else with 1006 (the server no longer knows the session). A 429 is not a failure: the client keeps what the
 server acknowledged, waits ``Retry-After`` and sends the rest. Any other 4xx
 means retrying cannot help: 1006 with the server's message as the reason.
 """
@@ -68,6 +69,7 @@ from ._client_state import (
     encode_message,
     format_seconds,
     http_error,
+    parse_gone_answer,
     parse_open_answer,
     parse_poll_answer,
     parse_post_answer,
@@ -403,6 +405,14 @@ class Client:
                 self._work.notify_all()
         self._stop.set()
 
+    def _on_forgotten(self, code: int, reason: str) -> None:
+        """The server closed and already forgot the session (our final answers were lost)."""
+        with self._lock:
+            if self._state is not _State.OPEN:
+                return
+            self._set_close(code, reason, _State.CLOSING)
+        self._mark_closed()
+
     def _fail(self, reason: str, *, delete: bool) -> None:
         """End the session with 1006 from a background thread (first caller wins)."""
         with self._lock:
@@ -609,7 +619,12 @@ class Client:
                 # A POST's 410 may mean the server just closed: the poller learns the close code
                 # (or meets the 410 itself) and ends the session.
                 if method != "POST":
-                    self._fail(f"the server no longer knows this session: {self._error_of(response)}", delete=False)
+                    ended = parse_gone_answer(response.content)
+                    if ended is not None:
+                        self._on_forgotten(*ended)
+                    else:
+                        self._fail(f"the server no longer knows this session: {self._error_of(response)}",
+                                   delete=False)
                 return None
             else:
                 self._fail(f"the server refused a {method}: {self._error_of(response)}", delete=True)

@@ -25,6 +25,7 @@ Each request (one per client connection: every answer is sent with
 Only requests that carry a ``Pollsession-Id`` and whose method is in
 ``FaultPlan.methods`` are eligible (by default: polls, POSTs and DELETEs, not
 the opening GET; :meth:`FaultProxy.reset_next_opens` fails opening requests).
+:meth:`FaultProxy.drop_answers_containing` drops answers by their content.
 ``counts`` records every fate and HTTP status, per method.
 
 Bounded: at most ``max_connections`` connections are served at once (the rest
@@ -87,6 +88,7 @@ class FaultProxy:
         self._threads: set[threading.Thread] = set()
         self._stopping = False
         self._opens_to_reset = 0
+        self._drop_matching: tuple[bytes, int] = (b"", 0)
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._listener.setblocking(False)
         self._wake_r, self._wake_w = socket.socketpair()
@@ -110,6 +112,19 @@ class FaultProxy:
         """Reset the next ``count`` opening requests (``GET`` without a session id)."""
         with self._lock:
             self._opens_to_reset = count
+
+    def drop_answers_containing(self, marker: bytes, count: int) -> None:
+        """Drop (after the server acted) the next ``count`` answers whose bytes contain ``marker``."""
+        with self._lock:
+            self._drop_matching = (marker, count)
+
+    def _drops_by_content(self, answer: bytes) -> bool:
+        with self._lock:
+            marker, left = self._drop_matching
+            if left > 0 and marker in answer:
+                self._drop_matching = (marker, left - 1)
+                return True
+            return False
 
     def count(self, fate: str, method: str | None = None) -> int:
         """How many requests met ``fate`` (a fault name, ``relayed`` or ``status_NNN``)."""
@@ -205,8 +220,8 @@ class FaultProxy:
             answer = _read_all(upstream)
             status = answer[9:12].decode("ascii", "replace")
             self._record(f"status_{status}", method)
-            if fate == "drop_response":
-                self._record(fate, method)
+            if fate == "drop_response" or self._drops_by_content(answer):
+                self._record("drop_response", method)
                 _reset(conn)
                 return
             answer = _with_connection_close(answer)

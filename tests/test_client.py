@@ -228,6 +228,26 @@ def test_server_close_while_the_client_still_sends(adapter: str) -> None:
             assert caught.value.code == 4002
 
 
+def test_the_close_survives_losing_every_answer_that_carried_it(adapter: str) -> None:
+    async def farewell(session: Session) -> None:
+        await session.send("last")
+        await session.receive()  # the client has "last" (and acks it with its next poll)
+        await session.close(4001, "bye")
+
+    with serve(adapter, make_handler(farewell)) as base, FaultProxy(base) as proxy:
+        # Timeline: the answer carrying the close is lost; the retried poll, whose ack is the
+        # last seq, makes the server forget the session, and its answer is lost too. The 410
+        # that answers the next retry still says how the session ended.
+        proxy.drop_answers_containing(b'"closed":{"code":4001', count=2)
+        with Client(proxy.url + "/poll", **FAST_RETRIES) as client:
+            assert client.receive(timeout=5000 * MS) == "last"
+            client.send("ok")
+            with pytest.raises(SessionClosed) as caught:
+                client.receive(timeout=5000 * MS)
+            assert (caught.value.code, caught.value.reason) == (4001, "bye")
+        assert proxy.count("drop_response", "GET") == 2 and proxy.count("status_410", "GET") >= 1
+
+
 def test_a_forgotten_session_closes_with_1006(adapter: str) -> None:
     # A "restarted" server: the proxy sends the next requests to a server that never saw the session.
     with serve(adapter, make_handler(echo)) as first, serve(adapter, make_handler(echo)) as second:

@@ -253,3 +253,41 @@ def test_settings_are_checked() -> None:
         HttpHandler(echo, inbox_limit=0)
     with pytest.raises(TypeError, match="allowed_origins"):
         HttpHandler(echo, allowed_origins="https://a.example")
+
+
+def test_a_forgotten_session_reports_its_close_in_the_410_for_a_while(clock: FakeClock) -> None:
+    async def bye(session: Session) -> None:
+        await session.close(4001, "bye")
+
+    with HttpHandler(bye, clock=clock, session_timeout=30, cleanup_interval=3600) as handler:
+        sid = open_session(handler)  # the open answer already carries the close
+        assert body_of(call(handler, "POST", sid, messages=[])) == {
+            "error": "session_closed", "message": "the session is closed", "closed": {"code": 4001, "reason": "bye"}}
+        poll_now(handler, sid)  # the final poll: the server forgets the session
+        gone = call(handler, sid=sid, query=NOW)
+        assert gone.status == 410 and body_of(gone)["closed"] == {"code": 4001, "reason": "bye"}
+        assert "closed" not in body_of(call(handler, sid=sid, query=NOW, path="/elsewhere"))
+        assert "closed" not in body_of(call(handler, sid="never-was", query=NOW))
+        clock.advance(31)
+        handler.expire_idle_sessions()
+        assert "closed" not in body_of(call(handler, sid=sid, query=NOW))
+
+
+def test_deleted_and_expired_sessions_report_1000_and_1001(handler: HttpHandler, clock: FakeClock) -> None:
+    deleted, expired = open_session(handler), open_session(handler)
+    assert call(handler, "DELETE", deleted).status == 204
+    assert body_of(call(handler, sid=deleted, query=NOW))["closed"] == {"code": 1000, "reason": ""}
+    clock.advance(31)
+    handler.expire_idle_sessions()
+    assert body_of(call(handler, sid=expired, query=NOW))["closed"] == {"code": 1001, "reason": "session expired"}
+
+
+def test_remembered_ends_are_bounded_by_max_sessions(clock: FakeClock) -> None:
+    with HttpHandler(echo, clock=clock, max_sessions=2) as handler:
+        sids = [open_session(handler) for _ in range(2)]
+        for sid in sids:
+            call(handler, "DELETE", sid)
+        third = open_session(handler)
+        call(handler, "DELETE", third)
+        assert "closed" not in body_of(call(handler, sid=sids[0], query=NOW))  # the oldest was dropped
+        assert "closed" in body_of(call(handler, sid=third, query=NOW))

@@ -71,7 +71,9 @@
  * are retried with exponential backoff and jitter up to maxRetries; after a
  * 429 the rest is sent again no sooner than its Retry-After (cross-origin,
  * only if the server exposes that header), backing off while it lasts. A 410 means the server no longer knows the
- * session: close code 1006, wasClean false. When a poll answer says the server
+ * session: close code 1006, wasClean false, unless its body reports how the
+ * session ended (the server remembers that for a while, for a client whose
+ * answer carrying the close was lost): then that code and reason, wasClean true. When a poll answer says the server
  * closed the session, the remaining messages are delivered, one last poll
  * acknowledges them (so the server forgets the session at once), and close
  * fires with the server's code and reason, wasClean true. On pagehide a
@@ -332,6 +334,12 @@
           return this.#fail(1002, "a poll answer is not a pollsession answer (no messages list)");
         }
         if (res && res.status === 410) {
+          const closed = res.body && res.body.closed;
+          if (closed && Number.isInteger(closed.code)) {
+            // The server closed and already forgot the session (the answer
+            // carrying the close was lost); it still says how it ended.
+            return this.#finish(closed.code, typeof closed.reason === "string" ? closed.reason : "", true);
+          }
           return this.#fail(1006, `the session is gone: the server no longer knows it (${describeError(res)})`, false);
         }
         if (res && res.status < 500 && res.status !== 429) {
