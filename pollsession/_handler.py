@@ -58,6 +58,13 @@ def _json_response(status: int, document: Any, headers: Iterable[tuple[str, str]
     return HttpResponse(status, [*_JSON_HEADERS, *headers], dump_json(document).encode("utf-8"))
 
 
+def _accepted(identity: Any) -> Any:
+    """What an authentication hook returned, unless it refused with ``False``."""
+    if identity is False:
+        raise Forbidden("the authentication hook refused the session")
+    return identity
+
+
 def error_response(error: HttpError) -> HttpResponse:
     """The one place where a refusal becomes an HTTP response."""
     document: dict[str, Any] = {"error": error.code, "message": error.message}
@@ -234,9 +241,7 @@ class HttpHandler:
         except Exception:
             logger.exception("pollsession: the authentication hook raised")
             raise HttpError("internal server error") from None
-        if identity is False:
-            raise Forbidden("the authentication hook refused the session")
-        return identity
+        return _accepted(identity)
 
     async def _serve(
         self, operation: Operation, path: str, request: RequestInfo | None = None, identity: Any = None
@@ -249,9 +254,7 @@ class HttpHandler:
             if isinstance(operation, Open):
                 assert request is not None
                 if inspect.isawaitable(identity):
-                    identity = await identity
-                    if identity is False:
-                        raise Forbidden("the authentication hook refused the session")
+                    identity = _accepted(await identity)
                 document = await self._registry.open(request, identity)
                 return _json_response(200, document, [(SESSION_HEADER, document["sid"])])
             if isinstance(operation, Poll):
