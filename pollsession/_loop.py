@@ -10,6 +10,10 @@ lives on that loop. The only ways in from another thread are :meth:`submit`
 (run a coroutine there and get a ``concurrent.futures.Future``) and
 :meth:`call_soon` (run a plain callback there); every other object in
 pollsession is touched from the loop thread only. :meth:`stop` is idempotent.
+
+With ``borrow_running_loop=True`` it starts no thread: on first use it takes
+the loop running in the calling thread (an async framework's), and the rules
+are the same; :meth:`stop` then leaves that loop running.
 """
 
 from __future__ import annotations
@@ -34,18 +38,24 @@ class LoopStopped(RuntimeError):
 class EventLoopThread:
     """One asyncio loop in one daemon thread, started lazily, stopped once."""
 
-    def __init__(self, name: str = "pollsession-loop") -> None:
+    def __init__(self, name: str = "pollsession-loop", *, borrow_running_loop: bool = False) -> None:
         self._name = name
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stopped = False
+        self._borrow = borrow_running_loop
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
         """The loop, started if needed. Use it from other threads only through submit/call_soon."""
         with self._lock:
             return self._ensure_started()
+
+    def start(self) -> None:
+        """Start the thread now (borrowing: take the loop running in the calling thread)."""
+        with self._lock:
+            self._ensure_started()
 
     @property
     def started(self) -> bool:
@@ -60,7 +70,7 @@ class EventLoopThread:
         with self._lock:
             try:
                 loop = self._ensure_started()
-            except LoopStopped:
+            except RuntimeError:  # stopped, or no loop to borrow: the coroutine will never run
                 coro.close()
                 raise
             return asyncio.run_coroutine_threadsafe(coro, loop)
@@ -71,13 +81,16 @@ class EventLoopThread:
             self._ensure_started().call_soon_threadsafe(callback, *args)
 
     def stop(self) -> None:
-        """Stop the loop, cancel what still runs on it, and join the thread. Idempotent."""
+        """Stop the loop, cancel what still runs on it, and join the thread. Idempotent.
+
+        A borrowed loop is left running: it belongs to someone else.
+        """
         with self._lock:
             if self._stopped:
                 return
             self._stopped = True
             loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
+        if loop is None or thread is None or self._borrow:
             return
         if threading.current_thread() is thread:
             raise RuntimeError("EventLoopThread.stop() cannot be called from its own loop thread")
@@ -87,6 +100,15 @@ class EventLoopThread:
     def _ensure_started(self) -> asyncio.AbstractEventLoop:
         if self._stopped:
             raise LoopStopped("the pollsession event loop has been stopped")
+        if self._loop is None and self._borrow:
+            try:
+                self._loop = asyncio.get_running_loop()
+            except RuntimeError:
+                raise RuntimeError(
+                    "use_running_loop=True: the handler is first used outside a running event loop; "
+                    "its first request (or submit) must come from the loop it should run on"
+                ) from None
+            self._thread = threading.current_thread()
         if self._loop is None:
             started = threading.Event()
             self._thread = threading.Thread(target=self._run, args=(started,), name=self._name, daemon=True)

@@ -33,6 +33,12 @@ logger = logging.getLogger("pollsession")
 Target = Callable[[Session], Awaitable[None]]
 
 
+def _end_hold(poll: asyncio.Future[PollWake]) -> None:
+    """The hold of this poll is over: answer it with whatever there is (maybe nothing)."""
+    if not poll.done():
+        poll.set_result(PollWake.READY)
+
+
 class Registry:
     """Sessions by id, their tasks, their expiry order; loop thread only."""
 
@@ -143,11 +149,11 @@ class Registry:
             return session._answer()
         poll = session._hold_poll()
         self._expiry.discard(sid)  # a held poll is activity for as long as it is held
+        timer = asyncio.get_running_loop().call_later(hold, _end_hold, poll)
         try:
-            why = await asyncio.wait_for(poll, hold)
-        except asyncio.TimeoutError:
-            why = PollWake.READY
+            why = await poll
         finally:
+            timer.cancel()
             session._release_poll(poll)
             if session.id in self._sessions:
                 self._touch(session)

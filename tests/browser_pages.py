@@ -36,7 +36,7 @@ def add_browser_routes(adapter: str) -> Callable[[Any], None]:
     """An ``extra`` for ``serve(adapter, ...)`` adding the test pages and scripts."""
     if adapter == "flask":
         return _add_flask
-    if adapter == "tornado":
+    if adapter.startswith("tornado"):
         return _add_tornado
     raise ValueError(f"unknown adapter {adapter!r}")
 

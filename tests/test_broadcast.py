@@ -362,7 +362,7 @@ def test_send_to_by_id_from_a_request_handler(adapter: str) -> None:
         assert (response.status_code, response.json()) == (409, {"error": "closed", "code": 4000})
         bystander.delete()
         assert notify(bystander.sid, "gone").status_code == 404
-        if adapter == "tornado":
+        if adapter == "tornado":  # with its own loop thread (on the same loop, a direct await is right)
             response = notify(target.sid, "direct", direct=True)
             assert response.status_code == 500 and "handler.submit(handler.send_to" in response.json()["error"]
 

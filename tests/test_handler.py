@@ -291,3 +291,29 @@ def test_remembered_ends_are_bounded_by_max_sessions(clock: FakeClock) -> None:
         call(handler, "DELETE", third)
         assert "closed" not in body_of(call(handler, sid=sids[0], query=NOW))  # the oldest was dropped
         assert "closed" in body_of(call(handler, sid=third, query=NOW))
+
+
+def test_use_running_loop_serves_on_the_callers_loop_and_closes_there() -> None:
+    async def main() -> None:
+        handler = HttpHandler(echo, use_running_loop=True)
+        opened = await handler.handle_request_async(FakeContext())
+        sid = body_of(opened)["sid"]
+        assert handler.loop is asyncio.get_running_loop()
+        assert threading.active_count() == before  # no thread of its own
+        held = asyncio.ensure_future(handler.handle_request_async(FakeContext(headers={"Pollsession-Id": sid})))
+        await asyncio.sleep(0)
+        with pytest.raises(RuntimeError, match="aclose"):
+            handler.close()
+        await handler.aclose()
+        assert body_of(await held)["closed"]["code"] == 1001
+        await handler.aclose()  # idempotent
+        assert not asyncio.get_running_loop().is_closed()
+
+    before = threading.active_count()
+    asyncio.run(main())
+
+
+def test_use_running_loop_needs_a_loop_at_first_use() -> None:
+    handler = HttpHandler(echo, use_running_loop=True)
+    with pytest.raises(RuntimeError, match="running event loop"):
+        handler.submit(asyncio.sleep(0))

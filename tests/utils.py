@@ -19,7 +19,9 @@ __all__ = ["MS", "ADAPTERS", "serve", "wait_until"]
 
 MS = 0.001 * float(os.environ.get("POLLSESSION_TEST_SCALE", "1"))
 
-ADAPTERS = ("flask", "tornado")
+# "tornado-same-loop" is Tornado with HttpHandler(use_running_loop=True): the
+# sessions run on Tornado's own loop instead of the handler's thread.
+ADAPTERS = ("flask", "tornado", "tornado-same-loop")
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 5000 * MS, what: str = "condition") -> Any:
@@ -46,13 +48,26 @@ def serve(adapter: str, handler: Any, *, extra: Callable[[Any], None] | None = N
         cm = _serve_flask(handler, extra)
     elif adapter == "tornado":
         cm = _serve_tornado(handler, extra)
+    elif adapter == "tornado-same-loop":
+        _use_running_loop(handler)
+        cm = _serve_tornado(handler, extra)
     else:
         raise ValueError(f"unknown adapter {adapter!r}")
-    try:
-        with cm as base_url:
+    with cm as base_url:
+        try:
             yield base_url
-    finally:
-        handler.close()
+        finally:
+            handler.close()  # while the server still runs: held polls get their answers
+
+
+def _use_running_loop(handler: Any) -> None:
+    """Make ``handler`` behave as if built with ``use_running_loop=True`` (it must be unused)."""
+    from pollsession._loop import EventLoopThread
+
+    if handler._loop_thread.started:
+        raise ValueError("the handler was used already; serve it before using it")
+    handler._loop_thread = EventLoopThread(borrow_running_loop=True)
+    handler._use_running_loop = True
 
 
 @contextlib.contextmanager
