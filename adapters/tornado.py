@@ -107,8 +107,7 @@ class SessionRequestHandler(tornado.web.RequestHandler):
             return  # the client went away; there is nobody to answer
         finally:
             self._answering = None
-        self.clear()
-        self.clear_header("Content-Type")
+        self.clear_header("Content-Type")  # the core's answer says whether it has one
         self.set_status(answer.status)
         for name, value in answer.headers:
             self.add_header(name, value)

@@ -21,7 +21,7 @@ class Settings:
     max_message_size: int = 1 << 20
     max_body_size: int = 4 << 20
     inbox_limit: int = 64
-    outbox_limit: int = 256
+    outbox_limit: int = 1024
     retry_after: int = 1
     preflight_max_age: int = 600
     clock: Callable[[], float] = time.monotonic

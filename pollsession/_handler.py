@@ -98,7 +98,7 @@ class HttpHandler:
     * ``max_sessions`` (10,000): open (and closed, not yet forgotten) sessions; past it, 503.
     * ``max_message_size`` (1 MiB) and ``max_body_size`` (4 MiB): 413 past them.
     * ``inbox_limit`` (64): messages pushed and not yet read by the coroutine; past it, 429.
-    * ``outbox_limit`` (256): messages sent and not yet acknowledged; past it, ``send`` waits.
+    * ``outbox_limit`` (1024): messages sent and not yet acknowledged; past it, ``send`` waits.
     * ``retry_after`` (1 s): the ``Retry-After`` of 429 and 503 answers.
     * ``preflight_max_age`` (600 s): ``Access-Control-Max-Age`` of preflight answers.
     * ``authenticate`` (None): an :data:`AuthHook` that sees the opening request.
@@ -125,7 +125,7 @@ class HttpHandler:
         max_message_size: int = 1 << 20,
         max_body_size: int = 4 << 20,
         inbox_limit: int = 64,
-        outbox_limit: int = 256,
+        outbox_limit: int = 1024,
         retry_after: int = 1,
         preflight_max_age: int = 600,
         authenticate: AuthHook | None = None,

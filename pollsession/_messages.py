@@ -46,9 +46,12 @@ class Message:
     size: int
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
 def dump_json(value: Any) -> str:
     """Compact JSON, UTF-8 friendly; refuses NaN and Infinity."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return _ENCODER.encode(value)
 
 
 def _utf8_size(text: str) -> int:
