@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+_REPO = str(Path(__file__).resolve().parent.parent) + "/"  # frames in the repository show relative to it
+
 __all__ = ["Profiler", "summarise"]
 
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>.*?)(?::(?P<line>\d+))?\)$")
@@ -68,7 +70,7 @@ def _short(frame: str) -> str:
     if not match:
         return frame
     file = match["file"]
-    for marker in ("site-packages/", "/lib/python3.11/", "/work/main/"):
+    for marker in ("site-packages/", "/lib/python3.11/", _REPO):
         if marker in file:
             file = file.split(marker, 1)[1]
             break
@@ -132,8 +134,8 @@ def summarise(path: Path, top: int = 30) -> str:
 def _module(frame: str) -> str:
     match = _FRAME.match(frame)
     file = match["file"] if match else frame
-    if "/work/main/" in file:
-        return file.split("/work/main/", 1)[1]
+    if _REPO in file:
+        return file.split(_REPO, 1)[1]
     if "site-packages/" in file:
         return file.split("site-packages/", 1)[1].split("/", 1)[0]
     if "/lib/python3" in file:
