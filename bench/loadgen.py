@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -224,6 +223,12 @@ async def open_clients(cls: type[BenchClient], http: aiohttp.ClientSession, base
     return list(await asyncio.gather(*(one() for _ in range(count))))
 
 
+async def one_client_each(http: aiohttp.ClientSession, servers: dict[str, Server]) -> dict[str, BenchClient]:
+    """One opened, polling client per server."""
+    return {system: (await open_clients(CLIENTS[system], http, server.base, 1, 1))[0]
+            for system, server in servers.items()}
+
+
 # -- echo -------------------------------------------------------------------------
 
 
@@ -240,12 +245,7 @@ async def bench_echo(servers: dict[str, Server], config: Config, progress: Calla
     samples: dict[str, list[float]] = {s: [] for s in servers}
     cpu: dict[str, float] = dict.fromkeys(servers, 0.0)
     async with new_http() as http:
-        clients: dict[str, BenchClient] = {}
-        for system, server in servers.items():
-            client = CLIENTS[system](http, server.base)
-            await client.open()
-            client.start()
-            clients[system] = client
+        clients = await one_client_each(http, servers)
         wanted = {s: config.pywebio_echo_n if s == "pywebio" else config.echo_n for s in servers}
         warmup = {s: min(config.pywebio_echo_warmup if s == "pywebio" else config.echo_warmup, wanted[s])
                   for s in servers}
@@ -431,12 +431,8 @@ async def bench_throughput(servers: dict[str, Server], config: Config,
     size = {s: config.pywebio_burst if s == "pywebio" else config.burst for s in servers}
     wanted = {s: config.pywebio_burst_rounds if s == "pywebio" else config.burst_rounds for s in servers}
     async with new_http() as http:
-        clients: dict[str, BenchClient] = {}
-        for system, server in servers.items():
-            client = CLIENTS[system](http, server.base)
-            await client.open()
-            client.start()
-            clients[system] = client
+        clients = await one_client_each(http, servers)
+        for system, client in clients.items():
             await burst(client, max(1, size[system] // 10), config.timeout)  # warm-up
         rates: dict[str, list[float | None]] = {s: [] for s in servers}
         groups = [[s for s in servers if s != "pywebio"], [s for s in servers if s == "pywebio"]]
