@@ -56,8 +56,3 @@ class ExpiryQueue(Generic[K]):
         """Remove and return the least recently active key (KeyError when empty)."""
         return self._last_active.popitem(last=False)[0]
 
-    def next_deadline(self) -> float | None:
-        """When the oldest key expires, or None when nothing is tracked."""
-        for last in self._last_active.values():
-            return last + self.timeout
-        return None

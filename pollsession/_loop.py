@@ -6,10 +6,9 @@ Thread-safety
 One :class:`EventLoopThread` owns one asyncio loop, running in one daemon
 thread that it starts on first use, so there is no "forgot to start the loop"
 failure mode (and nothing is started before a ``fork``). All session state
-lives on that loop. The only ways in from another thread are :meth:`submit`
-(run a coroutine there and get a ``concurrent.futures.Future``) and
-:meth:`call_soon` (run a plain callback there); every other object in
-pollsession is touched from the loop thread only. :meth:`stop` is idempotent.
+lives on that loop. The only way in from another thread is :meth:`submit`
+(run a coroutine there and get a ``concurrent.futures.Future``); every other
+object in pollsession is touched from the loop thread only. :meth:`stop` is idempotent.
 
 With ``borrow_running_loop=True`` it starts no thread: on first use it takes
 the loop running in the calling thread (an async framework's), and the rules
@@ -22,7 +21,7 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 __all__ = ["EventLoopThread", "LoopStopped"]
@@ -74,11 +73,6 @@ class EventLoopThread:
                 coro.close()
                 raise
             return asyncio.run_coroutine_threadsafe(coro, loop)
-
-    def call_soon(self, callback: Callable[..., object], *args: Any) -> None:
-        """Run ``callback(*args)`` on the loop; safe from any thread."""
-        with self._lock:
-            self._ensure_started().call_soon_threadsafe(callback, *args)
 
     def stop(self) -> None:
         """Stop the loop, cancel what still runs on it, and join the thread. Idempotent.

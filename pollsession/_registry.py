@@ -64,9 +64,6 @@ class Registry:
     def get(self, sid: str) -> Session | None:
         return self._sessions.get(sid)
 
-    def sessions(self) -> list[Session]:
-        return list(self._sessions.values())
-
     def _find(self, sid: str, path: str) -> Session:
         session = self._sessions.get(sid)
         if session is None or self._paths[sid] != path:

@@ -1,11 +1,14 @@
 """From an HTTP request to one protocol operation, with no session state.
 
-The checks that need no session run here, in the framework's thread, in the
-order the protocol fixes: the ``?test=1`` probe, origin, method, session id,
-then ``Content-Type``, body size, body shape and message size. Because an
-unknown session (410) must win over a malformed body or query, errors found
-after the session id are not raised here: they travel inside the operation
-(``error``) and the registry raises them once it knows the session exists.
+The protocol fixes the order of checks: the ``?test=1`` probe, origin,
+method, session id, ``Content-Type``, body size, body shape, message size,
+inbox. The handler answers the probe and checks the origin; the checks from
+the method to the body shape that need no session run here, in the
+framework's thread. Because an unknown session (410) must win over a
+malformed body or query, errors found after the session id are not raised
+here: they travel inside the operation (``error``) and the registry raises
+them once it knows the session exists. Gaps, message sizes and the inbox
+need the session's state, so the session checks them (``Session._accept``).
 """
 
 from __future__ import annotations
@@ -19,17 +22,13 @@ from ._context import HttpContext
 from ._errors import BadRequest, Forbidden, HttpError, MethodNotAllowed, PayloadTooLarge, UnsupportedMediaType
 from ._messages import Message, parse_batch
 
-__all__ = ["Probe", "Preflight", "Open", "Poll", "Push", "Delete", "Operation", "parse_operation", "ALLOW"]
+__all__ = ["Preflight", "Open", "Poll", "Push", "Delete", "Operation", "parse_operation", "is_probe", "ALLOW",
+           "SESSION_HEADER"]
 
 ALLOW = "GET, POST, DELETE, OPTIONS"
 SESSION_HEADER = "Pollsession-Id"
 _ACK = re.compile(r"0|[1-9][0-9]*")
 _WAIT = re.compile(r"[0-9]+(\.[0-9]+)?")
-
-
-@dataclass(frozen=True, slots=True)
-class Probe:
-    """``GET ?test=1``: a liveness probe."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +61,7 @@ class Delete:
     sid: str | None
 
 
-Operation = Probe | Preflight | Open | Poll | Push | Delete
+Operation = Preflight | Open | Poll | Push | Delete
 
 
 def _single(items: Iterable[tuple[str, str]], name: str) -> str | None:
@@ -139,4 +138,5 @@ def parse_operation(context: HttpContext, method: str, settings: Settings) -> Op
 
 
 def is_probe(method: str, context: HttpContext) -> bool:
+    """``GET ?test=1``: the liveness probe, answered before any other check."""
     return method == "GET" and any(key == "test" and value == "1" for key, value in context.query_items())

@@ -49,9 +49,6 @@ class Rooms:
     def members(self, room: str) -> list[Session]:
         return list(self._members.get(room, {}).values())
 
-    def names(self) -> list[str]:
-        return list(self._members)
-
     @staticmethod
     def deliver(message: Message, sessions: Iterable[Session], exclude: str | None) -> int:
         """Append ``message`` to each open session's outbox now; return how many got it."""
