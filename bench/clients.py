@@ -119,14 +119,20 @@ class BenchClient(abc.ABC):
         finally:
             self.in_flight = False
 
+    async def _pull_guarded(self) -> bool:
+        """One pull; a failure is counted, not raised. False when it failed."""
+        try:
+            await self._pull_and_deliver()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.errors += 1
+            return False
+        return True
+
     async def _poll_forever(self) -> None:
         while True:
-            try:
-                await self._pull_and_deliver()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                self.errors += 1
+            if not await self._pull_guarded():
                 await asyncio.sleep(0.05)
 
     def spawn(self, coro: Any) -> None:
@@ -308,14 +314,6 @@ class PywebioClient(BenchClient):
             self.spawn(self._pull_guarded())
             tick += self.pull_interval
             await asyncio.sleep(max(0.0, tick - loop.time()))
-
-    async def _pull_guarded(self) -> None:
-        try:
-            await self._pull_and_deliver()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            self.errors += 1
 
     async def pull(self) -> list[str]:
         headers = {"webio-session-id": self.session_id, "Content-Type": "application/json; charset=utf-8"}

@@ -40,7 +40,7 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 __all__ = ["SYSTEMS", "FRAMEWORKS", "ENDPOINTS", "SUPPORTED", "main"]
@@ -63,11 +63,11 @@ def raise_nofile() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def burst_size(text: Any) -> int | None:
-    """K for a ``!burst:K`` message, else None."""
-    if isinstance(text, str) and text.startswith(BURST):
-        return int(text[len(BURST):])
-    return None
+def replies(data: Any) -> Iterable[Any]:
+    """What every server sends back: ``data`` itself, or ``b0`` ... ``b{K-1}`` for ``!burst:K``."""
+    if isinstance(data, str) and data.startswith(BURST):
+        return (f"b{i}" for i in range(int(data[len(BURST):])))
+    return (data,)
 
 
 # -- pollsession -----------------------------------------------------------------
@@ -78,12 +78,8 @@ def pollsession_handler(**extra: Any) -> Any:
 
     async def app(session: Session) -> None:
         async for data in session:
-            count = burst_size(data)
-            if count is None:
-                await session.send(data)
-            else:
-                for i in range(count):
-                    await session.send(f"b{i}")
+            for reply in replies(data):
+                await session.send(reply)
 
     # POLLSESSION_BENCH_OPTIONS='{"outbox_limit": 4096}' tries other HttpHandler options (not for published runs).
     options = {"max_sessions": 30_000, **extra, **json.loads(os.environ.get("POLLSESSION_BENCH_OPTIONS") or "{}")}
@@ -131,12 +127,8 @@ def tornado_engineio() -> tuple[list[Any], Callable[[str], Any]]:
     eio = engineio.AsyncServer(async_mode="tornado")
 
     async def message(sid: str, data: Any) -> None:
-        count = burst_size(data)
-        if count is None:
-            await eio.send(sid, data)
-        else:
-            for i in range(count):
-                await eio.send(sid, f"b{i}")
+        for reply in replies(data):
+            await eio.send(sid, reply)
 
     eio.on("message", message)
 
@@ -155,12 +147,8 @@ def flask_engineio(app: Any) -> Callable[[str], int]:
     eio = engineio.Server(async_mode="threading")
 
     def message(sid: str, data: Any) -> None:
-        count = burst_size(data)
-        if count is None:
-            eio.send(sid, data)
-        else:
-            for i in range(count):
-                eio.send(sid, f"b{i}")
+        for reply in replies(data):
+            eio.send(sid, reply)
 
     eio.on("message", message)
 
@@ -181,12 +169,8 @@ def flask_engineio(app: Any) -> Callable[[str], int]:
 def _pywebio_callback(data: Any) -> None:
     from pywebio.output import put_text
 
-    count = burst_size(data)
-    if count is None:
-        put_text(data)
-    else:
-        for i in range(count):
-            put_text(f"b{i}")
+    for reply in replies(data):
+        put_text(reply)
 
 
 def tornado_pywebio() -> tuple[list[Any], Callable[[str], Any]]:
@@ -310,12 +294,8 @@ def tornado_raw() -> tuple[list[Any], Callable[[str], Any]]:
         def post(self) -> None:
             session = sessions[self.get_query_argument("sid")]
             text = self.request.body.decode()
-            count = burst_size(text)
-            if count is None:
-                session.push(text)
-            else:
-                for i in range(count):
-                    session.push(f"b{i}")
+            for reply in replies(text):
+                session.push(reply)
             self.finish()
 
         def check_xsrf_cookie(self) -> None:
@@ -364,12 +344,8 @@ def flask_raw(app: Any) -> Callable[[str], int]:
     def post() -> Any:
         session = sessions[request.args["sid"]]
         text = request.get_data(as_text=True)
-        count = burst_size(text)
-        if count is None:
-            session.push(text)
-        else:
-            for i in range(count):
-                session.push(f"b{i}")
+        for reply in replies(text):
+            session.push(reply)
         return ""
 
     app.add_url_rule("/raw", "raw_get", get, methods=["GET"])
