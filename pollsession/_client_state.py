@@ -45,7 +45,7 @@ from ._errors import (
     UnknownSession,
     UnsupportedMediaType,
 )
-from ._messages import MessageType, decode_data, dump_json, from_value, to_wire
+from ._messages import MessageType, decode_data, encode_outgoing
 
 __all__ = [
     "ProtocolError",
@@ -107,10 +107,8 @@ def encode_message(data: Any, *, max_message_size: int | None = None) -> Encoded
     NaN, Infinity, an integer beyond a double), :class:`TypeError` for a value
     JSON cannot hold, and :class:`MessageTooLarge` above ``max_message_size``.
     """
-    message = from_value(data, sys.maxsize if max_message_size is None else max_message_size)
-    wire = to_wire(0, message)
-    fragment = f'"type":"{wire["type"]}","data":{dump_json(wire["data"])}'.encode("utf-8")
-    return Encoded(message.type.value, fragment, message.size)
+    outgoing = encode_outgoing(data, sys.maxsize if max_message_size is None else max_message_size)
+    return Encoded(outgoing.type.value, outgoing.fragment, outgoing.size)
 
 
 def decode_message(message: Any) -> tuple[int, Any]:

@@ -22,6 +22,12 @@ class Settings:
     max_body_size: int = 4 << 20
     inbox_limit: int = 64
     outbox_limit: int = 1024
+    max_inbox_bytes: int | None = None
+    max_outbox_bytes: int | None = None
+    max_held_polls: int = 32
+    max_sessions_per_client: int | None = None
+    open_rate_limit: tuple[int, float] | None = None
+    open_timeout: float | None = None
     retry_after: int = 1
     preflight_max_age: int = 600
     clock: Callable[[], float] = time.monotonic
@@ -42,6 +48,31 @@ class Settings:
                 raise ValueError(f"{name} must be a whole number of seconds >= 0, got {value!r}")
         if self.max_message_size > self.max_body_size:
             raise ValueError("max_message_size cannot exceed max_body_size")
+        for name in ("max_inbox_bytes", "max_outbox_bytes", "max_sessions_per_client"):
+            value = getattr(self, name)
+            if value is not None and (type(value) is not int or value < 1):
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+        if type(self.max_held_polls) is not int or self.max_held_polls < 0:
+            raise ValueError(f"max_held_polls must be an integer >= 0, got {self.max_held_polls!r}")
+        if self.open_timeout is not None and not self.open_timeout > 0:
+            raise ValueError(f"open_timeout must be a positive number of seconds or None, got {self.open_timeout!r}")
+        if self.open_rate_limit is not None:
+            try:
+                count, period = self.open_rate_limit
+            except (TypeError, ValueError):
+                raise ValueError(f"open_rate_limit must be (opens, seconds), got {self.open_rate_limit!r}") from None
+            if type(count) is not int or count < 1 or not (isinstance(period, (int, float)) and period > 0):
+                raise ValueError(f"open_rate_limit must be (opens >= 1, seconds > 0), got {self.open_rate_limit!r}")
+
+    @property
+    def inbox_bytes(self) -> int:
+        """``max_inbox_bytes``, by default ``max_body_size``: one whole POST fits an empty inbox."""
+        return self.max_inbox_bytes if self.max_inbox_bytes is not None else self.max_body_size
+
+    @property
+    def outbox_bytes(self) -> int:
+        """``max_outbox_bytes``, by default ``max_body_size``: a poll answer is about that large at most."""
+        return self.max_outbox_bytes if self.max_outbox_bytes is not None else self.max_body_size
 
     def open_document(self) -> dict[str, object]:
         """The limits a client learns when it opens a session."""

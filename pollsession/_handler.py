@@ -31,16 +31,24 @@ from typing import Any, TypeVar
 
 from ._config import Settings
 from ._context import HttpContext, HttpResponse, RequestInfo
-from ._errors import Forbidden, HttpError, InboxFull, MethodNotAllowed, ServiceUnavailable, UnknownSession
+from ._errors import (
+    BadRequest,
+    Forbidden,
+    HttpError,
+    InboxFull,
+    MethodNotAllowed,
+    ServiceUnavailable,
+    UnknownSession,
+)
 from ._loop import EventLoopThread, LoopStopped
-from ._messages import dump_json, from_value
-from ._origins import OriginPolicy
+from ._messages import dump_json, encode_outgoing
+from ._origins import HostPolicy, OriginPolicy
 from ._registry import Registry, Target
 from ._requests import ALLOW, SESSION_HEADER, Delete, Open, Operation, Poll, Preflight, Push, is_probe, parse_operation
-from ._session import Session
+from ._session import CloseInfo, Session
 from ._session_handler import SessionHandler
 
-__all__ = ["HttpHandler", "AuthHook", "error_response"]
+__all__ = ["HttpHandler", "AuthHook", "ClientKey", "error_response"]
 
 logger = logging.getLogger("pollsession")
 T = TypeVar("T")
@@ -51,11 +59,26 @@ AuthHook = Callable[[RequestInfo], Any]
 plain function, run in the framework's request thread, or an ``async`` one,
 run on the handler's loop."""
 
+ClientKey = Callable[[RequestInfo], "str | None"]
+"""``client_key(request)``: the key that names a client for the per-client
+limits (``max_sessions_per_client``, ``open_rate_limit``); by default the
+client address. Behind a proxy, derive it from the header your proxy sets.
+Return None to exempt a request."""
+
 _JSON_HEADERS = [("Content-Type", "application/json"), ("Cache-Control", "no-store")]
 
 
 def _json_response(status: int, document: Any, headers: Iterable[tuple[str, str]] = ()) -> HttpResponse:
     return HttpResponse(status, [*_JSON_HEADERS, *headers], dump_json(document).encode("utf-8"))
+
+
+def _answer_response(fields: bytes, headers: Iterable[tuple[str, str]] = (), prefix: bytes = b"") -> HttpResponse:
+    """A 200 JSON answer ``{prefix fields}`` joined from bytes the session encoded once."""
+    return HttpResponse(200, [*_JSON_HEADERS, *headers], b"{" + prefix + fields + b"}")
+
+
+def _default_client_key(request: RequestInfo) -> str | None:
+    return request.client_address
 
 
 def _accepted(identity: Any) -> Any:
@@ -99,6 +122,20 @@ class HttpHandler:
     * ``max_message_size`` (1 MiB) and ``max_body_size`` (4 MiB): 413 past them.
     * ``inbox_limit`` (64): messages pushed and not yet read by the coroutine; past it, 429.
     * ``outbox_limit`` (1024): messages sent and not yet acknowledged; past it, ``send`` waits.
+    * ``max_inbox_bytes`` and ``max_outbox_bytes`` (None: ``max_body_size``): the same
+      bounds in bytes of compact message data (inbox) and of wire form
+      (outbox); one message always fits an empty box.
+    * ``max_held_polls`` (32): for blocking callers of ``handle_request`` (Flask,
+      WSGI): at most this many framework threads wait in a held poll at once;
+      later polls are answered at once, so POSTs and opens still get threads.
+    * ``max_sessions_per_client`` (None) and ``open_rate_limit`` (None, or
+      ``(opens, seconds)``): opt-in limits per ``client_key`` (default: the
+      client address); past them, 503 with ``Retry-After``.
+    * ``client_key`` (None): a :data:`ClientKey` naming the client of a request.
+    * ``open_timeout`` (None: ``session_timeout``): a session with no request
+      since its open expires after this long.
+    * ``allowed_hosts`` (None: any): shell-style patterns of the ``Host``
+      names served, against DNS rebinding; another host answers 400.
     * ``retry_after`` (1 s): the ``Retry-After`` of 429 and 503 answers.
     * ``preflight_max_age`` (600 s): ``Access-Control-Max-Age`` of preflight answers.
     * ``authenticate`` (None): an :data:`AuthHook` that sees the opening request.
@@ -126,6 +163,14 @@ class HttpHandler:
         max_body_size: int = 4 << 20,
         inbox_limit: int = 64,
         outbox_limit: int = 1024,
+        max_inbox_bytes: int | None = None,
+        max_outbox_bytes: int | None = None,
+        max_held_polls: int = 32,
+        max_sessions_per_client: int | None = None,
+        open_rate_limit: tuple[int, float] | None = None,
+        client_key: ClientKey | None = None,
+        open_timeout: float | None = None,
+        allowed_hosts: Iterable[str] | None = None,
         retry_after: int = 1,
         preflight_max_age: int = 600,
         authenticate: AuthHook | None = None,
@@ -150,6 +195,12 @@ class HttpHandler:
             max_body_size=max_body_size,
             inbox_limit=inbox_limit,
             outbox_limit=outbox_limit,
+            max_inbox_bytes=max_inbox_bytes,
+            max_outbox_bytes=max_outbox_bytes,
+            max_held_polls=max_held_polls,
+            max_sessions_per_client=max_sessions_per_client,
+            open_rate_limit=open_rate_limit,
+            open_timeout=open_timeout,
             retry_after=retry_after,
             preflight_max_age=preflight_max_age,
             clock=clock,
@@ -157,8 +208,17 @@ class HttpHandler:
         self._origins = OriginPolicy(
             allowed_origins, check_origin, allow_credentials=allow_credentials, max_age=preflight_max_age
         )
+        self._hosts = HostPolicy(allowed_hosts)
         self._authenticate = authenticate
+        self._client_key = client_key or _default_client_key
         self._registry = Registry(coroutine_function, self.settings)
+        # The open answer's fixed part, encoded once: {"version":1,"sid":"…",<limits>,
+        self._open_limits = dump_json(self.settings.open_document())[1:-1].encode("utf-8")
+        # Threads blocked in a held poll (handle_request), under _lock.
+        self._blocked_polls = 0
+        self._warned_held_polls = False
+        # How each session ended, set once by the shutdown (then only read).
+        self._final_closes: dict[str, tuple[str, CloseInfo]] = {}
         self._loop_thread = EventLoopThread(borrow_running_loop=use_running_loop)
         self._use_running_loop = use_running_loop
         self._inflight: set[asyncio.Task[Any]] = set()
@@ -171,14 +231,19 @@ class HttpHandler:
         """Answer one request, blocking the calling thread while a poll is held."""
         if self._loop_thread.in_loop_thread():
             raise RuntimeError("handle_request() cannot be called from the handler's own loop thread")
-        cors, step = self._start(context)
+        cors, step = self._start(context, blocking=True)
         if isinstance(step, HttpResponse):
             return self._finish(step, cors)
+        future, holds_thread = step
         try:
-            response = step.result(timeout=self.settings.poll_timeout + 60)
+            response = future.result(timeout=self.settings.poll_timeout + 60)
         except (concurrent.futures.CancelledError, concurrent.futures.TimeoutError):
-            step.cancel()
+            future.cancel()
             response = self._unavailable()
+        finally:
+            if holds_thread:
+                with self._lock:
+                    self._blocked_polls -= 1
         return self._finish(response, cors)
 
     async def handle_request_async(self, context: HttpContext) -> HttpResponse:
@@ -190,12 +255,12 @@ class HttpHandler:
             self._loop_thread.start()  # take the loop we are called on
         if self._loop_thread.in_loop_thread():  # use_running_loop: no hand-off at all
             cors, direct = self._begin(context)
-            return self._finish(direct if isinstance(direct, HttpResponse) else await direct, cors)
-        cors, step = self._start(context)
+            return self._finish(direct if isinstance(direct, HttpResponse) else await direct[0], cors)
+        cors, step = self._start(context, blocking=False)
         if isinstance(step, HttpResponse):
             return self._finish(step, cors)
         try:
-            response = await asyncio.wrap_future(step)
+            response = await asyncio.wrap_future(step[0])
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
@@ -204,44 +269,96 @@ class HttpHandler:
         return self._finish(response, cors)
 
     def _start(
-        self, context: HttpContext
-    ) -> tuple[list[tuple[str, str]], HttpResponse | concurrent.futures.Future[HttpResponse]]:
-        """An immediate answer, or the future of the answer being made on the loop."""
-        cors, step = self._begin(context)
+        self, context: HttpContext, *, blocking: bool
+    ) -> tuple[list[tuple[str, str]], HttpResponse | tuple[concurrent.futures.Future[HttpResponse], bool]]:
+        """An immediate answer, or the future of the answer being made on the loop.
+
+        With the future comes whether it counts against ``max_held_polls``.
+        """
+        cors, step = self._begin(context, blocking=blocking)
         if isinstance(step, HttpResponse):
             return cors, step
+        coroutine, holds_thread = step
         try:
-            return cors, self._loop_thread.submit(step)
+            return cors, (self._loop_thread.submit(coroutine), holds_thread)
         except LoopStopped:
+            if holds_thread:
+                with self._lock:
+                    self._blocked_polls -= 1
             return cors, self._unavailable()
 
-    def _begin(self, context: HttpContext) -> tuple[list[tuple[str, str]], HttpResponse | Coroutine[Any, Any, HttpResponse]]:
+    def _begin(
+        self, context: HttpContext, *, blocking: bool = False
+    ) -> tuple[list[tuple[str, str]], HttpResponse | tuple[Coroutine[Any, Any, HttpResponse], bool]]:
         """Checks that need no session; an immediate answer, or the coroutine to run on the loop."""
         method = context.method().upper()
         origin = context.header("Origin") or ""
-        cross_origin = not self._origins.is_same_origin(origin, context.scheme(), context.header("Host"))
+        host = context.header("Host")
+        cross_origin = not self._origins.is_same_origin(origin, context.scheme(), host)
         allowed = not cross_origin or self._origins.is_allowed_origin(origin)
         cors = self._origins.cors_headers(origin, preflight=method == "OPTIONS") if cross_origin and allowed else []
         if is_probe(method, context):  # answers whatever else the request carries
             return cors, HttpResponse(200, [("Content-Type", "text/plain"), ("Cache-Control", "no-store")], b"ok")
+        if not self._hosts.is_allowed_host(host):
+            return [], error_response(BadRequest(f"host {(host or '')[:100]!r} is not served here",
+                                                 code="host_not_allowed"))
         if not allowed:
             return [], error_response(Forbidden(f"origin {origin[:100]} is not allowed", code="origin_not_allowed"))
+        if self._origins.is_cross_site_refused(context.header("Sec-Fetch-Site"), context.header("Sec-Fetch-Mode"),
+                                               cross_origin):
+            return [], error_response(Forbidden("a request from another site must be a CORS request from an "
+                                                "allowed origin", code="cross_site_request"))
         try:
             operation = parse_operation(context, method, self.settings)
             if isinstance(operation, Preflight):
                 return cors, HttpResponse(204, [] if cors else [("Allow", ALLOW)])
             if self._closed:
-                return cors, self._unavailable()
+                return cors, self._after_close(operation, context.path())
             if isinstance(operation, Delete) and operation.sid is None:
                 return cors, HttpResponse(204)
-            identity: Any = None
             if isinstance(operation, Open):
                 request = RequestInfo.from_context(context)
                 identity = self._run_auth(request)
-                return cors, self._serve(operation, context.path(), request, identity)
-            return cors, self._serve(operation, context.path())
+                client = self._client_key(request)
+                return cors, (self._serve(operation, context.path(), request, identity, client), False)
+            holds_thread = False
+            if blocking and isinstance(operation, Poll) and operation.wait != 0:
+                operation, holds_thread = self._bound_blocked_polls(operation)
+            return cors, (self._serve(operation, context.path()), holds_thread)
         except HttpError as error:
             return cors, error_response(error)
+
+    def _bound_blocked_polls(self, poll: Poll) -> tuple[Poll, bool]:
+        """Count a thread about to block in a held poll; past ``max_held_polls``, make it a short poll."""
+        with self._lock:
+            if self._blocked_polls < self.settings.max_held_polls:
+                self._blocked_polls += 1
+                return poll, True
+            warn = not self._warned_held_polls
+            self._warned_held_polls = True
+        if warn:
+            logger.warning(
+                "pollsession: %d framework threads are holding long polls (max_held_polls); further polls are "
+                "answered at once so that other requests still get threads. Give the server more threads than "
+                "max_held_polls (gunicorn -k gthread --threads N), or use the Tornado adapter.",
+                self.settings.max_held_polls,
+            )
+        return Poll(poll.sid, poll.ack, 0.0, poll.error), False
+
+    def _after_close(self, operation: Operation, path: str) -> HttpResponse:
+        """Answer a request that arrives after ``close()``, telling a known session its close at once."""
+        sid = getattr(operation, "sid", None)
+        final = self._final_closes.get(sid) if isinstance(sid, str) else None
+        if final is None or final[0] != path or isinstance(operation, Open):
+            if isinstance(operation, Delete):
+                return HttpResponse(204)
+            return self._unavailable()
+        close = final[1].to_wire()
+        if isinstance(operation, Poll):
+            return _json_response(200, {"messages": [], "closed": close})
+        if isinstance(operation, Push):
+            return error_response(UnknownSession("the session is closed", code="session_closed", closed=close))
+        return HttpResponse(204)
 
     def _run_auth(self, request: RequestInfo) -> Any:
         if self._authenticate is None:
@@ -256,7 +373,8 @@ class HttpHandler:
         return _accepted(identity)
 
     async def _serve(
-        self, operation: Operation, path: str, request: RequestInfo | None = None, identity: Any = None
+        self, operation: Operation, path: str, request: RequestInfo | None = None, identity: Any = None,
+        client: str | None = None,
     ) -> HttpResponse:
         """Apply one operation to the sessions; runs on the loop."""
         task = asyncio.current_task()
@@ -267,13 +385,12 @@ class HttpHandler:
                 assert request is not None
                 if inspect.isawaitable(identity):
                     identity = _accepted(await identity)
-                document = await self._registry.open(request, identity)
-                return _json_response(200, document, [(SESSION_HEADER, document["sid"])])
+                sid, fields = await self._registry.open(request, identity, client)
+                prefix = b'"version":1,"sid":"%s",%s,' % (sid.encode("ascii"), self._open_limits)
+                return _answer_response(fields, [(SESSION_HEADER, sid)], prefix)
             if isinstance(operation, Poll):
-                document = await self._registry.poll(
-                    operation.sid, path, operation.ack, operation.wait, operation.error
-                )
-                return _json_response(200, document)
+                fields = await self._registry.poll(operation.sid, path, operation.ack, operation.wait, operation.error)
+                return _answer_response(fields)
             if isinstance(operation, Push):
                 return _json_response(200, self._registry.push(operation.sid, path, operation.batch, operation.error))
             assert isinstance(operation, Delete) and operation.sid is not None
@@ -321,7 +438,7 @@ class HttpHandler:
         :meth:`broadcast_threadsafe`.
         """
         self._require_loop_thread("broadcast")
-        message = from_value(data, self.settings.max_message_size)
+        message = encode_outgoing(data, self.settings.max_message_size)
         excluded = exclude.id if isinstance(exclude, Session) else exclude
         return self._registry.broadcast(message, room, excluded)
 
@@ -408,7 +525,7 @@ class HttpHandler:
             return True
 
     async def _shutdown(self) -> None:
-        await self._registry.shutdown(self.settings.shutdown_timeout)
+        self._final_closes = await self._registry.shutdown(self.settings.shutdown_timeout)
         current = asyncio.current_task()
         pending = {task for task in self._inflight if task is not current}
         if pending:

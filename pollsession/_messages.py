@@ -22,12 +22,14 @@ from ._errors import BadRequest, MessageTooLarge
 __all__ = [
     "MessageType",
     "Message",
-    "from_value",
-    "to_wire",
+    "Packed",
+    "Outgoing",
+    "encode_outgoing",
     "parse_json",
     "parse_batch",
     "dump_json",
     "decode_data",
+    "pack_data",
 ]
 
 
@@ -46,6 +48,48 @@ class Message:
     size: int
 
 
+@dataclass(frozen=True, slots=True)
+class Packed:
+    """A pushed message kept compact while it waits in a session's inbox.
+
+    Decoded JSON costs 24-32 times its wire size in Python objects, and a str
+    with one astral character costs 4 bytes per character; so a queued
+    message is kept as bytes (UTF-8 for text, the decoded bytes for binary,
+    compact UTF-8 JSON for json), whose length is exactly the message's size,
+    and is decoded only when the application reads it (:meth:`unpack`).
+    """
+
+    type: MessageType
+    raw: bytes
+
+    @property
+    def size(self) -> int:
+        return len(self.raw)
+
+    def unpack(self) -> Message:
+        """The message as the application sees it (``raw`` was validated when packed)."""
+        if self.type is MessageType.TEXT:
+            return Message(self.type, self.raw.decode("utf-8"), len(self.raw))
+        if self.type is MessageType.BINARY:
+            return Message(self.type, self.raw, len(self.raw))
+        return Message(self.type, json.loads(self.raw), len(self.raw))
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A message encoded for the wire once, when it is sent (once per broadcast).
+
+    ``fragment`` is the UTF-8 JSON ``"type":...,"data":...`` without braces, so
+    the wire form with sequence number N is ``{"seq":N,`` + fragment + ``}``;
+    one fragment is shared by every member of a broadcast. ``size`` is the
+    message's size as the protocol counts it (section 2).
+    """
+
+    type: MessageType
+    fragment: bytes
+    size: int
+
+
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
@@ -61,29 +105,26 @@ def _utf8_size(text: str) -> int:
         raise ValueError("text is not valid Unicode (lone surrogate)") from exc
 
 
-def from_value(value: Any, max_size: int) -> Message:
-    """Classify a value the application sends: str, bytes-like, or JSON.
+def encode_outgoing(value: Any, max_size: int, *, as_json: bool = False) -> Outgoing:
+    """Classify and encode a value the application sends, encoding JSON once.
 
-    Raises ``TypeError``/``ValueError`` for a value JSON cannot carry, and
-    :class:`MessageTooLarge` past ``max_size``.
+    ``str`` is text, bytes-like is binary, anything else (or anything, with
+    ``as_json``) is json. Raises ``TypeError``/``ValueError`` for a value
+    JSON cannot carry (or a lone surrogate), and :class:`MessageTooLarge`
+    past ``max_size``.
     """
-    if isinstance(value, str):
-        message = Message(MessageType.TEXT, value, _utf8_size(value))
-    elif isinstance(value, (bytes, bytearray, memoryview)):
-        data = bytes(value)
-        message = Message(MessageType.BINARY, data, len(data))
+    if isinstance(value, str) and not as_json:
+        type_, size, data = MessageType.TEXT, _utf8_size(value), dump_json(value)
+    elif isinstance(value, (bytes, bytearray, memoryview)) and not as_json:
+        raw = bytes(value)
+        type_, size, data = MessageType.BINARY, len(raw), '"' + base64.b64encode(raw).decode("ascii") + '"'
     else:
-        message = json_message(value)
-    if message.size > max_size:
-        raise MessageTooLarge(message.size, max_size)
-    return message
-
-
-def json_message(value: Any) -> Message:
-    """A json-typed message for any JSON-serialisable value (even a str)."""
-    encoded = dump_json(value)
-    _check_json_number_range(value)
-    return Message(MessageType.JSON, value, _utf8_size(encoded))
+        data = dump_json(value)
+        _check_json_number_range(value)
+        type_, size = MessageType.JSON, _utf8_size(data)
+    if size > max_size:
+        raise MessageTooLarge(size, max_size)
+    return Outgoing(type_, b'"type":"%s","data":%s' % (type_.value.encode("ascii"), data.encode("utf-8")), size)
 
 
 def _check_json_number_range(value: Any) -> None:
@@ -104,14 +145,6 @@ def _check_int(value: int) -> None:
         float(value)
     except OverflowError:
         raise ValueError("JSON number is beyond the range of a double") from None
-
-
-def to_wire(seq: int, message: Message) -> dict[str, Any]:
-    """The wire form ``{"seq", "type", "data"}`` of an outgoing message."""
-    data = message.data
-    if message.type is MessageType.BINARY:
-        data = base64.b64encode(data).decode("ascii")
-    return {"seq": seq, "type": message.type.value, "data": data}
 
 
 def _refuse_constant(name: str) -> Any:
@@ -148,27 +181,49 @@ def parse_json(body: bytes) -> Any:
     return value
 
 
+def _text_data(data: Any, index: int) -> str:
+    if not isinstance(data, str):
+        raise BadRequest(f"messages[{index}].data must be a string for type text")
+    return data
+
+
+def _binary_data(data: Any, index: int) -> bytes:
+    if not isinstance(data, str):
+        raise BadRequest(f"messages[{index}].data must be a base64 string for type binary")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raw = None
+    if raw is None or base64.b64encode(raw).decode("ascii") != data:
+        raise BadRequest(f"messages[{index}].data is not canonical padded base64", code="invalid_base64")
+    return raw
+
+
 def decode_data(type_: MessageType, data: Any, index: int) -> Message:
     """Check ``data`` against its type and decode it; BadRequest names ``messages[index]``."""
     if type_ is MessageType.TEXT:
-        if not isinstance(data, str):
-            raise BadRequest(f"messages[{index}].data must be a string for type text")
-        return Message(type_, data, len(data.encode("utf-8")))
+        text = _text_data(data, index)
+        return Message(type_, text, len(text.encode("utf-8")))
     if type_ is MessageType.BINARY:
-        if not isinstance(data, str):
-            raise BadRequest(f"messages[{index}].data must be a base64 string for type binary")
-        try:
-            raw = base64.b64decode(data, validate=True)
-        except (binascii.Error, ValueError):
-            raw = None
-        if raw is None or base64.b64encode(raw).decode("ascii") != data:
-            raise BadRequest(f"messages[{index}].data is not canonical padded base64", code="invalid_base64")
+        raw = _binary_data(data, index)
         return Message(type_, raw, len(raw))
     return Message(type_, data, len(dump_json(data).encode("utf-8")))
 
 
-def parse_batch(body: bytes) -> list[tuple[int, Message]]:
+def pack_data(type_: MessageType, data: Any, index: int) -> Packed:
+    """Check ``data`` (from :func:`parse_json`, so valid Unicode) against its type; keep it compact."""
+    if type_ is MessageType.TEXT:
+        return Packed(type_, _text_data(data, index).encode("utf-8"))
+    if type_ is MessageType.BINARY:
+        return Packed(type_, _binary_data(data, index))
+    return Packed(type_, dump_json(data).encode("utf-8"))
+
+
+def parse_batch(body: bytes) -> list[tuple[int, Packed]]:
     """Validate the shape of a pushed batch ``{"messages": [...]}``; return ``(seq, message)`` pairs.
+
+    The messages come back packed (:class:`Packed`): the decoded body is
+    dropped when the request ends, and only compact bytes are queued.
 
     A bad batch is refused whole (400) and delivers nothing. Sequence numbers
     are checked here to be integers >= 1, consecutive and increasing; how they
@@ -178,7 +233,7 @@ def parse_batch(body: bytes) -> list[tuple[int, Message]]:
     document = parse_json(body)
     if not isinstance(document, dict) or not isinstance(document.get("messages"), list):
         raise BadRequest('body must be an object {"messages": [...]}')
-    batch: list[tuple[int, Message]] = []
+    batch: list[tuple[int, Packed]] = []
     for index, item in enumerate(document["messages"]):
         if not isinstance(item, dict):
             raise BadRequest(f"messages[{index}] must be an object with seq, type and data")
@@ -199,5 +254,5 @@ def parse_batch(body: bytes) -> list[tuple[int, Message]]:
             ) from None
         if "data" not in item:
             raise BadRequest(f"messages[{index}] has no data")
-        batch.append((seq, decode_data(type_, item["data"], index)))
+        batch.append((seq, pack_data(type_, item["data"], index)))
     return batch

@@ -7,7 +7,10 @@ state (``_requests``), so each coroutine below is short: find the session,
 apply the rule, return a document for the answer.
 
 Expiry is driven by a timer on the loop every ``cleanup_interval`` seconds and
-costs time in proportion to the sessions that expire (``ExpiryQueue``).
+costs time in proportion to the sessions that expire (``ExpiryQueue``). A
+session that has had no request since its open sits in a queue of its own,
+with ``open_timeout`` (when set): an orphaned or abandoned open expires
+sooner than a session in use.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from ._config import Settings
 from ._context import RequestInfo
 from ._errors import HttpError, InboxFull, ServiceUnavailable, SessionClosed, UnknownSession
 from ._expiry import ExpiryQueue
-from ._messages import Message
+from ._limits import ClientLimits
+from ._messages import Outgoing, Packed
 from ._rooms import Rooms
 from ._session import CloseInfo, PollWake, Session
 
@@ -31,6 +35,10 @@ __all__ = ["Registry", "Target"]
 logger = logging.getLogger("pollsession")
 
 Target = Callable[[Session], Awaitable[None]]
+
+
+SUPERSEDED_FIELDS = b'"messages":[],"closed":null'
+"""The answer to a poll that a newer poll of the same session replaced."""
 
 
 def _end_hold(poll: asyncio.Future[PollWake]) -> None:
@@ -48,6 +56,13 @@ class Registry:
         self._sessions: dict[str, Session] = {}
         self._paths: dict[str, str] = {}
         self._expiry: ExpiryQueue[str] = ExpiryQueue(settings.session_timeout)
+        # Sessions with no request since their open, when open_timeout is set.
+        self._unused: ExpiryQueue[str] = ExpiryQueue(settings.open_timeout or settings.session_timeout)
+        self._limits = ClientLimits(
+            max_sessions=settings.max_sessions_per_client, rate=settings.open_rate_limit,
+            retry_after=settings.retry_after,
+        )
+        self._client_keys: dict[str, str] = {}
         # Sessions forgotten recently, with their close, for session_timeout seconds.
         self._ended: dict[str, tuple[str, CloseInfo]] = {}
         self._ended_order: ExpiryQueue[str] = ExpiryQueue(settings.session_timeout)
@@ -75,6 +90,7 @@ class Registry:
         return session
 
     def _touch(self, session: Session) -> None:
+        self._unused.discard(session.id)
         if not session._holds_poll:
             self._expiry.touch(session.id, self._settings.clock())
 
@@ -82,6 +98,8 @@ class Registry:
         path = self._paths.pop(session.id, None)
         self._sessions.pop(session.id, None)
         self._expiry.discard(session.id)
+        self._unused.discard(session.id)
+        self._limits.closed(self._client_keys.pop(session.id, None))
         if path is not None and session._close is not None:
             # Remember how it ended for a while: a client whose answer carrying
             # the close was lost learns it from the 410 instead of guessing.
@@ -92,8 +110,11 @@ class Registry:
 
     # -- the protocol's operations ------------------------------------------
 
-    async def open(self, request: RequestInfo, identity: Any) -> dict[str, Any]:
-        """Create a session, start its task, and return the open answer."""
+    async def open(self, request: RequestInfo, identity: Any, client_key: str | None = None) -> tuple[str, bytes]:
+        """Create a session, start its task; return its id and the fields of its first answer.
+
+        ``client_key`` names the client for the per-client limits.
+        """
         if self._shutting_down:
             raise ServiceUnavailable("the server is shutting down", retry_after=self._settings.retry_after,
                                      code="shutting_down")
@@ -103,6 +124,8 @@ class Registry:
                 retry_after=self._settings.retry_after,
                 code="too_many_sessions",
             )
+        now = self._settings.clock()
+        self._limits.check(client_key, now)
         sid = secrets.token_urlsafe(24)  # 192 bits from the OS CSPRNG, URL-safe
         session = Session(
             sid,
@@ -112,23 +135,32 @@ class Registry:
             inbox_limit=self._settings.inbox_limit,
             outbox_limit=self._settings.outbox_limit,
             max_message_size=self._settings.max_message_size,
+            max_inbox_bytes=self._settings.inbox_bytes,
+            max_outbox_bytes=self._settings.outbox_bytes,
         )
         self._sessions[sid] = session
         self._paths[sid] = request.path
-        self._touch(session)
-        task = asyncio.create_task(self._run(session), name=f"pollsession-{sid[:8]}")
+        if client_key is not None and self._limits.active:
+            self._limits.opened(client_key, now)
+            self._client_keys[sid] = client_key
+        if self._settings.open_timeout is not None:
+            self._unused.touch(sid, now)
+        else:
+            self._expiry.touch(sid, now)
+        task = asyncio.create_task(self._run(session), name=f"pollsession-{session.tag}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         self._ensure_timer()
         # Let the coroutine run to its first wait, so a greeting rides on this answer.
         await asyncio.sleep(0)
-        return {"version": 1, "sid": sid, **self._settings.open_document(), **session._answer()}
+        return sid, session._answer_fields()
 
     async def poll(
         self, sid: str, path: str, ack: int, wait: float | None, error: HttpError | None = None
-    ) -> dict[str, Any]:
+    ) -> bytes:
         """Answer a long poll: at once when there is something to say, else hold it.
 
+        Returns the fields of the answer (``"messages":[...],"closed":...``).
         ``error`` is a refusal found before the session was known; it is
         raised once the session is known to exist (410 wins over 400).
         """
@@ -138,13 +170,14 @@ class Registry:
         session._acknowledge(ack)
         if session.closed and session._finished():
             self._forget(session)
-            return session._answer()
+            return session._answer_fields()
         hold = min(wait, self._settings.poll_timeout) if wait is not None else self._settings.poll_timeout
         if session._ready_to_answer() or hold <= 0:
             session._wake_poll(PollWake.SUPERSEDED)
             self._touch(session)
-            return session._answer()
+            return session._answer_fields()
         poll = session._hold_poll()
+        self._unused.discard(sid)
         self._expiry.discard(sid)  # a held poll is activity for as long as it is held
         timer = asyncio.get_running_loop().call_later(hold, _end_hold, poll)
         try:
@@ -155,11 +188,11 @@ class Registry:
             if session.id in self._sessions:
                 self._touch(session)
         if why is PollWake.SUPERSEDED:
-            return {"messages": [], "closed": None}
-        return session._answer()
+            return SUPERSEDED_FIELDS
+        return session._answer_fields()
 
     def push(
-        self, sid: str, path: str, batch: list[tuple[int, Message]], error: HttpError | None = None
+        self, sid: str, path: str, batch: list[tuple[int, Packed]], error: HttpError | None = None
     ) -> dict[str, Any]:
         """Hand pushed messages to the session; 429 with the ack when some did not fit."""
         session = self._find(sid, path)
@@ -171,8 +204,8 @@ class Registry:
         self._touch(session)
         if not complete:
             raise InboxFull(
-                f"the session's inbox is full ({self._settings.inbox_limit} messages); "
-                f"the server holds up to seq {ack}, send the rest again later",
+                f"the session's inbox is full ({self._settings.inbox_limit} messages or "
+                f"{self._settings.inbox_bytes} bytes); the server holds up to seq {ack}, send the rest again later",
                 ack=ack,
                 retry_after=self._settings.retry_after,
             )
@@ -186,7 +219,7 @@ class Registry:
         session._end(1000, "")
         self._forget(session)
 
-    def broadcast(self, message: Message, room: str | None, exclude: str | None) -> int:
+    def broadcast(self, message: Outgoing, room: str | None, exclude: str | None) -> int:
         """Append ``message`` to every open session (of ``room``, if given) but ``exclude``."""
         members = self.rooms.members(room) if room is not None else list(self._sessions.values())
         return Rooms.deliver(message, members, exclude)
@@ -198,10 +231,10 @@ class Registry:
             await self._target(session)
         except SessionClosed:
             if not session.closed:
-                logger.exception("session %s: SessionClosed raised while open", session.id[:8])
+                logger.exception("session %s: SessionClosed raised while open", session.tag)
                 session._end(1011, "")
         except Exception:
-            logger.exception("session %s: the application's coroutine raised", session.id[:8])
+            logger.exception("session %s: the application's coroutine raised", session.tag)
             session._end(1011, "")
         except asyncio.CancelledError:
             session._end(1001, "")
@@ -231,7 +264,7 @@ class Registry:
             now = self._settings.clock()
         for sid in self._ended_order.pop_expired(now):
             self._ended.pop(sid, None)
-        expired = self._expiry.pop_expired(now)
+        expired = self._unused.pop_expired(now) + self._expiry.pop_expired(now)
         for sid in expired:
             session = self._sessions.get(sid)
             if session is not None:
@@ -239,8 +272,13 @@ class Registry:
                 self._forget(session)
         return expired
 
-    async def shutdown(self, timeout: float) -> None:
-        """Close every session with 1001, answer held polls, and wait for the tasks."""
+    async def shutdown(self, timeout: float) -> dict[str, tuple[str, CloseInfo]]:
+        """Close every session with 1001, answer held polls, and wait for the tasks.
+
+        Returns how each session still known ended, by id: ``(path, close)``,
+        so that the handler can still tell a client its close after the loop
+        is gone.
+        """
         self._shutting_down = True
         if self._timer is not None:
             self._timer.cancel()
@@ -249,11 +287,17 @@ class Registry:
             session._end(1001, "server shutting down")
         # Held polls answer with the close before the sessions go away.
         await asyncio.sleep(0)
+        final = dict(self._ended)
+        for sid, session in self._sessions.items():
+            if session._close is not None:
+                final[sid] = (self._paths[sid], session._close)
         self._sessions.clear()
         self._paths.clear()
+        self._client_keys.clear()
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
             for task in pending:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending)
+        return final

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from ._errors import SessionClosed
-from ._messages import Message
+from ._messages import Outgoing
 
 if TYPE_CHECKING:
     from ._session import Session
@@ -50,7 +50,7 @@ class Rooms:
         return list(self._members.get(room, {}).values())
 
     @staticmethod
-    def deliver(message: Message, sessions: Iterable[Session], exclude: str | None) -> int:
+    def deliver(message: Outgoing, sessions: Iterable[Session], exclude: str | None) -> int:
         """Append ``message`` to each open session's outbox now; return how many got it."""
         delivered = 0
         for session in sessions:
@@ -63,6 +63,6 @@ class Rooms:
             except SessionClosed:
                 continue
             logger.warning("session %s: outbox full during a broadcast, closing it with %d",
-                           session.id[:8], SLOW_MEMBER_CODE)
+                           session.tag, SLOW_MEMBER_CODE)
             session._end(SLOW_MEMBER_CODE, SLOW_MEMBER_REASON)
         return delivered

@@ -2,11 +2,13 @@
 
 Everything here runs on the handler's event-loop thread. A session keeps:
 
-* an outbox of messages sent and not yet acknowledged by the client, numbered
-  from 1; ``send`` waits while ``outbox_limit`` of them are unacknowledged
-  (backpressure), handing freed room to waiting senders in FIFO order;
-* an inbox of pushed messages not yet read by the application, at most
-  ``inbox_limit`` long, and the highest client sequence number held;
+* an outbox of messages sent and not yet acknowledged by the client, in wire
+  form, numbered from 1 (``_boxes.Outbox``); ``send`` waits while it holds
+  ``outbox_limit`` messages or ``max_outbox_bytes`` (backpressure), handing
+  freed room to waiting senders in FIFO order;
+* an inbox of pushed messages not yet read by the application, packed, at most
+  ``inbox_limit`` messages and ``max_inbox_bytes`` (``_boxes.Inbox``), and the
+  highest client sequence number held;
 * at most one held poll, woken when there is something to answer;
 * its close code and reason once closed, by either side.
 
@@ -18,17 +20,19 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import hashlib
 import types
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from ._boxes import Inbox, Outbox
 from ._context import RequestInfo
-from ._errors import BadRequest, MessageTooLarge, PayloadTooLarge, SessionClosed
-from ._messages import Message, from_value, json_message, to_wire
+from ._errors import SessionClosed
+from ._messages import Message, Outgoing, Packed, dump_json, encode_outgoing
 from ._rooms import Rooms
 
-__all__ = ["Session", "CloseInfo", "PollWake"]
+__all__ = ["Session", "CloseInfo", "PollWake", "session_tag"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +42,15 @@ class CloseInfo:
 
     def to_wire(self) -> dict[str, Any]:
         return {"code": self.code, "reason": self.reason}
+
+
+def session_tag(sid: str) -> str:
+    """A short tag naming a session in logs; it cannot be turned back into the id.
+
+    The id is the client's only credential, so logs never carry it (not even
+    a prefix, which shortens what is left to guess).
+    """
+    return hashlib.blake2s(sid.encode("utf-8"), digest_size=5).hexdigest()
 
 
 class PollWake(enum.Enum):
@@ -75,37 +88,40 @@ class Session:
         inbox_limit: int,
         outbox_limit: int,
         max_message_size: int,
+        max_inbox_bytes: int | None = None,
+        max_outbox_bytes: int | None = None,
     ) -> None:
         self._id = sid
+        self._tag = session_tag(sid)
         self._request = request
         self.identity: Any = identity
         self.state = types.SimpleNamespace()
         self._room_book = rooms if rooms is not None else Rooms()
         self._rooms: set[str] = set()
-        self._inbox_limit = inbox_limit
-        self._outbox_limit = outbox_limit
         self._max_message_size = max_message_size
         self._loop = asyncio.get_running_loop()
-        # Delivery to the client.
-        # Lists, not deques: an empty deque costs ~600 bytes per idle session, and
-        # these stay short (the outbox is trimmed with one slice per ack).
-        self._outbox: list[tuple[int, Message]] = []
-        self._last_sent = 0
-        self._acked = 0
-        self._room_waiters: list[asyncio.Future[None]] = []
+        unbounded = 1 << 62
+        # Delivery to the client. Senders waiting for room, in FIFO order, each
+        # with the size of its fragment; room handed to a woken sender is
+        # reserved for it until it runs.
+        self._outbox = Outbox(max_messages=outbox_limit, max_bytes=max_outbox_bytes or unbounded)
+        self._room_waiters: list[tuple[asyncio.Future[None], int]] = []
         self._reserved = 0
+        self._reserved_bytes = 0
         self._poll: asyncio.Future[PollWake] | None = None
         # Delivery from the client.
-        self._inbox: list[Message] = []
-        self._received = 0
+        self._inbox = Inbox(max_messages=inbox_limit, max_bytes=max_inbox_bytes or unbounded,
+                            max_message_size=max_message_size)
         self._reader: asyncio.Future[None] | None = None
+        self._closed_waiters: list[asyncio.Future[None]] = []
         # Ending.
         self._close: CloseInfo | None = None
+        self._closed_json = b"null"
         self._close_sent = False
 
     def __repr__(self) -> str:
         state = f"closed {self._close.code}" if self._close else "open"
-        return f"<Session {self._id[:8]}… {state}>"
+        return f"<Session {self._tag} {state}>"
 
     # -- the application's side ------------------------------------------
 
@@ -113,6 +129,11 @@ class Session:
     def id(self) -> str:
         """The session id (secret: it is the client's only credential for this session)."""
         return self._id
+
+    @property
+    def tag(self) -> str:
+        """A short, non-reversible tag for this session in logs (see :func:`session_tag`)."""
+        return self._tag
 
     @property
     def request(self) -> RequestInfo:
@@ -134,12 +155,13 @@ class Session:
     async def send(self, data: Any) -> None:
         """Send ``data``: ``str`` as text, bytes-like as binary, anything else as JSON.
 
-        Waits while ``outbox_limit`` messages are unacknowledged. Raises
-        ``SessionClosed`` if the session has ended, ``MessageTooLarge`` past
-        ``max_message_size``, and ``TypeError``/``ValueError`` for a value
-        JSON cannot carry.
+        The message is encoded for the wire at once. Waits while
+        ``outbox_limit`` messages (or ``max_outbox_bytes``) are unacknowledged.
+        Raises ``SessionClosed`` if the session has ended, ``MessageTooLarge``
+        past ``max_message_size``, and ``TypeError``/``ValueError`` for a
+        value JSON cannot carry.
         """
-        await self._send(from_value(data, self._max_message_size))
+        await self._send(encode_outgoing(data, self._max_message_size))
 
     async def send_text(self, text: str) -> None:
         if not isinstance(text, str):
@@ -153,10 +175,7 @@ class Session:
 
     async def send_json(self, value: Any) -> None:
         """Send ``value`` as a json message, even when it is a str."""
-        message = json_message(value)
-        if message.size > self._max_message_size:
-            raise MessageTooLarge(message.size, self._max_message_size)
-        await self._send(message)
+        await self._send(encode_outgoing(value, self._max_message_size, as_json=True))
 
     async def receive(self, timeout: float | None = None) -> Any:
         """The next message's data: ``str``, ``bytes``, or a decoded JSON value.
@@ -171,7 +190,7 @@ class Session:
         """Like :meth:`receive`, but returns the :class:`Message` with its type."""
         if self._reader is not None:
             raise RuntimeError("receive() is already being awaited for this session")
-        while not self._inbox:
+        while not len(self._inbox):
             if self._close is not None:
                 raise SessionClosed(self._close.code, self._close.reason)
             self._reader = self._loop.create_future()
@@ -182,7 +201,24 @@ class Session:
                     await asyncio.wait_for(self._reader, timeout)
             finally:
                 self._reader = None
-        return self._inbox.pop(0)
+        return self._inbox.pop().unpack()
+
+    async def wait_closed(self) -> None:
+        """Wait until the session has ended, by either side, without reading its inbox.
+
+        For a target that only pushes: ``await session.wait_closed()`` returns
+        when the client closes, the session expires or the server shuts down;
+        ``close_code`` then says which.
+        """
+        if self._close is not None:
+            return
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        self._closed_waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if waiter in self._closed_waiters:
+                self._closed_waiters.remove(waiter)
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self._iterate()
@@ -220,74 +256,78 @@ class Session:
 
     # -- the handler's side (loop thread) ------------------------------------
 
-    async def _send(self, message: Message) -> None:
+    def _has_room(self, size: int) -> bool:
+        return not self._room_waiters and self._outbox.fits(
+            size, reserved_messages=self._reserved, reserved_bytes=self._reserved_bytes
+        )
+
+    async def _send(self, message: Outgoing) -> None:
         if self._close is not None:
             raise SessionClosed(self._close.code, self._close.reason)
-        if self._room_waiters or len(self._outbox) + self._reserved >= self._outbox_limit:
+        size = len(message.fragment)
+        if not self._has_room(size):
             waiter: asyncio.Future[None] = self._loop.create_future()
-            self._room_waiters.append(waiter)
+            entry = (waiter, size)
+            self._room_waiters.append(entry)
             try:
                 await waiter
             except asyncio.CancelledError:
-                if waiter in self._room_waiters:
-                    self._room_waiters.remove(waiter)
+                if entry in self._room_waiters:
+                    self._room_waiters.remove(entry)
                 elif waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                    self._reserved -= 1  # the room handed to us goes to the next sender
+                    self._unreserve(size)  # the room handed to us goes to the next sender
                     self._hand_out_room()
                 raise
-            self._reserved -= 1
+            self._unreserve(size)
         self._append(message)
 
-    def _try_send(self, message: Message) -> bool:
+    def _unreserve(self, size: int) -> None:
+        self._reserved -= 1
+        self._reserved_bytes -= size
+
+    def _try_send(self, message: Outgoing) -> bool:
         """Append ``message`` now if there is room; never waits (used by broadcasts)."""
         if self._close is not None:
             raise SessionClosed(self._close.code, self._close.reason)
-        if self._room_waiters or len(self._outbox) + self._reserved >= self._outbox_limit:
+        if not self._has_room(len(message.fragment)):
             return False
         self._append(message)
         return True
 
-    def _append(self, message: Message) -> None:
-        self._last_sent += 1
-        self._outbox.append((self._last_sent, message))
+    def _append(self, message: Outgoing) -> None:
+        self._outbox.append(message.fragment)
         self._wake_poll(PollWake.READY)
 
     def _hand_out_room(self) -> None:
-        while self._room_waiters and len(self._outbox) + self._reserved < self._outbox_limit:
-            waiter = self._room_waiters.pop(0)
-            if not waiter.done():  # a cancelled sender gives its turn away
-                self._reserved += 1
-                waiter.set_result(None)
+        while self._room_waiters:
+            waiter, size = self._room_waiters[0]
+            if waiter.done():  # a cancelled sender gives its turn away
+                self._room_waiters.pop(0)
+                continue
+            if not self._outbox.fits(size, reserved_messages=self._reserved, reserved_bytes=self._reserved_bytes):
+                return
+            self._room_waiters.pop(0)
+            self._reserved += 1
+            self._reserved_bytes += size
+            waiter.set_result(None)
 
     def _acknowledge(self, ack: int) -> None:
         """Forget what the client acknowledged; 400 for an ack beyond what was sent."""
-        if ack > self._last_sent:
-            raise BadRequest(f"ack {ack} is beyond the last message sent ({self._last_sent})", code="bad_ack")
-        if ack <= self._acked:
-            return
-        self._acked = ack
-        if self._outbox:  # seqs are consecutive: the acknowledged ones are a prefix
-            del self._outbox[: ack - self._outbox[0][0] + 1]
-        self._hand_out_room()
+        if self._outbox.acknowledge(ack):
+            self._hand_out_room()
 
-    def _pending(self) -> list[dict[str, Any]]:
-        """Wire form of every unacknowledged message."""
-        return [to_wire(seq, message) for seq, message in self._outbox]
-
-    def _answer(self) -> dict[str, Any]:
-        """A poll answer with everything unacknowledged, and the close if closed."""
-        closed = None
+    def _answer_fields(self) -> bytes:
+        """``"messages":[...],"closed":...`` of a poll answer: everything unacknowledged, and the close."""
         if self._close is not None:
-            closed = self._close.to_wire()
             self._close_sent = True
-        return {"messages": self._pending(), "closed": closed}
+        return b'"messages":' + self._outbox.messages_json() + b',"closed":' + self._closed_json
 
     def _ready_to_answer(self) -> bool:
-        return bool(self._outbox) or self._close is not None
+        return bool(len(self._outbox)) or self._close is not None
 
     def _finished(self) -> bool:
         """Closed, the close was told, and everything was acknowledged: forget it."""
-        return self._close_sent and self._acked == self._last_sent
+        return self._close_sent and self._outbox.acked == self._outbox.last_sent
 
     def _hold_poll(self) -> asyncio.Future[PollWake]:
         """Become the held poll, answering an older one at once (it is superseded)."""
@@ -309,47 +349,36 @@ class Session:
         if why is PollWake.SUPERSEDED:
             self._poll = None
 
-    def _accept(self, batch: list[tuple[int, Message]]) -> tuple[int, bool]:
+    def _accept(self, batch: list[tuple[int, Packed]]) -> tuple[int, bool]:
         """Take the new messages of a validated batch; return ``(ack, all_taken)``.
 
-        Messages already held are ignored. Raises BadRequest (a gap) or
-        PayloadTooLarge (a new message past ``max_message_size``), changing
-        nothing.
+        See ``Inbox.accept``: a gap is 400 and a new message past
+        ``max_message_size`` is 413, changing nothing.
         """
-        fresh = [(seq, message) for seq, message in batch if seq > self._received]
-        if fresh and fresh[0][0] != self._received + 1:
-            raise BadRequest(
-                f"message seq {fresh[0][0]} leaves a gap: the server holds up to {self._received}",
-                code="seq_gap",
-            )
-        for seq, message in fresh:
-            if message.size > self._max_message_size:
-                raise PayloadTooLarge(
-                    f"message seq {seq} is {message.size} bytes, over max_message_size of {self._max_message_size}",
-                    code="message_too_large",
-                )
-        room = max(0, self._inbox_limit - len(self._inbox))
-        taken = fresh[:room]
-        if taken:
-            self._inbox.extend(message for _, message in taken)
-            self._received = taken[-1][0]
-            if self._reader is not None and not self._reader.done():
-                self._reader.set_result(None)
-        return self._received, len(taken) == len(fresh)
+        before = len(self._inbox)
+        ack, complete = self._inbox.accept(batch)
+        if len(self._inbox) > before and self._reader is not None and not self._reader.done():
+            self._reader.set_result(None)
+        return ack, complete
 
     def _end(self, code: int, reason: str) -> bool:
         """Mark the session closed; wake everything waiting on it. False if it already was."""
         if self._close is not None:
             return False
         self._close = CloseInfo(code, reason)
+        self._closed_json = dump_json(self._close.to_wire()).encode("utf-8")
         for room in self._rooms:
             self._room_book.leave(room, self)
         self._rooms.clear()
         closed = SessionClosed(code, reason)
         waiters, self._room_waiters = self._room_waiters, []
-        for waiter in waiters:
+        for waiter, _ in waiters:
             if not waiter.done():
                 waiter.set_exception(closed)
+        ended, self._closed_waiters = self._closed_waiters, []
+        for done in ended:
+            if not done.done():
+                done.set_result(None)
         if self._reader is not None and not self._reader.done():
             self._reader.set_result(None)
         self._wake_poll(PollWake.READY)

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from pollsession import BadRequest, MessageTooLarge, MessageType
-from pollsession._messages import from_value, parse_batch, parse_json, to_wire
+from pollsession._messages import encode_outgoing, parse_batch, parse_json
 
 
 def batch(*items: dict[str, object]) -> bytes:
@@ -16,24 +16,31 @@ def batch(*items: dict[str, object]) -> bytes:
 
 
 def test_values_are_classified_and_sized() -> None:
-    assert from_value("é", 10).type is MessageType.TEXT and from_value("é", 10).size == 2
-    assert from_value(bytearray(b"\x00\xff"), 10).type is MessageType.BINARY
-    message = from_value({"a": [1, "é"]}, 100)
+    assert encode_outgoing("é", 10).type is MessageType.TEXT and encode_outgoing("é", 10).size == 2
+    assert encode_outgoing(bytearray(b"\x00\xff"), 10).type is MessageType.BINARY
+    message = encode_outgoing({"a": [1, "é"]}, 100)
     assert message.type is MessageType.JSON and message.size == len('{"a":[1,"é"]}'.encode())
     with pytest.raises(MessageTooLarge):
-        from_value("x" * 11, 10)
+        encode_outgoing("x" * 11, 10)
     with pytest.raises(ValueError):
-        from_value(float("nan"), 10)
+        encode_outgoing(float("nan"), 10)
     with pytest.raises(ValueError):
-        from_value("\ud800", 10)
+        encode_outgoing("\ud800", 10)
     with pytest.raises(TypeError):
-        from_value(object(), 10)
+        encode_outgoing(object(), 10)
 
 
 def test_binary_goes_out_as_standard_base64() -> None:
     data = bytes(range(256))
-    wire = to_wire(3, from_value(data, 1000))
+    wire = json.loads(b'{"seq":3,' + encode_outgoing(data, 1000).fragment + b"}")
     assert wire == {"seq": 3, "type": "binary", "data": base64.b64encode(data).decode()}
+
+
+def test_a_fragment_is_the_compact_wire_form_and_as_json_forces_json() -> None:
+    assert encode_outgoing("é", 10).fragment == '"type":"text","data":"é"'.encode()
+    assert encode_outgoing({"a": 1}, 10).fragment == b'"type":"json","data":{"a":1}'
+    forced = encode_outgoing("x", 10, as_json=True)
+    assert (forced.type, forced.fragment, forced.size) == (MessageType.JSON, b'"type":"json","data":"x"', 3)
 
 
 def test_all_three_types_decode() -> None:
@@ -43,7 +50,7 @@ def test_all_three_types_decode() -> None:
         {"seq": 2, "type": "binary", "data": base64.b64encode(raw).decode()},
         {"seq": 3, "type": "json", "data": {"x": [1.5, None]}},
     ))
-    assert [(seq, m.data) for seq, m in parsed] == [(1, "hi"), (2, raw), (3, {"x": [1.5, None]})]
+    assert [(seq, m.unpack().data) for seq, m in parsed] == [(1, "hi"), (2, raw), (3, {"x": [1.5, None]})]
 
 
 @pytest.mark.parametrize("data", ["AAE", "AA E=", "AAF=", "AA\nE=", "A===", "****"])

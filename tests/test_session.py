@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -10,7 +11,8 @@ import pytest
 
 from pollsession import BadRequest, PayloadTooLarge, Session, SessionClosed
 from pollsession._context import Headers, RequestInfo
-from pollsession._messages import from_value
+from pollsession import MessageType
+from pollsession._messages import Packed
 
 REQUEST = RequestInfo("GET", "/poll", "http", Headers(), {}, None)
 
@@ -24,8 +26,16 @@ def run(body: Callable[[Session], Awaitable[Any]], **limits: int) -> Any:
     return asyncio.run(main())
 
 
-def msg(seq: int, value: Any) -> tuple[int, Any]:
-    return seq, from_value(value, 1000)
+def msg(seq: int, value: Any) -> tuple[int, Packed]:
+    if isinstance(value, str):
+        return seq, Packed(MessageType.TEXT, value.encode())
+    return seq, Packed(MessageType.JSON, json.dumps(value, separators=(",", ":")).encode())
+
+
+def pending(session: Session) -> list[dict[str, Any]]:
+    """The unacknowledged messages a poll answer would carry, decoded."""
+    messages: list[dict[str, Any]] = json.loads(b"{" + session._answer_fields() + b"}")["messages"]
+    return messages
 
 
 def test_send_waits_for_acks_and_keeps_fifo_order() -> None:
@@ -41,7 +51,7 @@ def test_send_waits_for_acks_and_keeps_fifo_order() -> None:
         assert not fourth.done()
         session._acknowledge(3)
         await fourth
-        return [m["data"] for m in session._pending()]
+        return [m["data"] for m in pending(session)]
 
     assert run(body) == ["4"]
 
@@ -56,7 +66,7 @@ def test_a_cancelled_sender_gives_its_room_to_the_next() -> None:
         session._acknowledge(1)  # room goes to "lost" first...
         cancelled.cancel()  # ...which gives it up before running
         await waiting
-        return [m["data"] for m in session._pending()]
+        return [m["data"] for m in pending(session)]
 
     assert run(body) == ["2", "3"]
 
@@ -96,7 +106,7 @@ def test_inbox_takes_what_fits_and_reads_survive_the_close() -> None:
 
 def test_gap_wins_over_size_and_repeats_are_not_sized() -> None:
     async def body(session: Session) -> None:
-        big = from_value("x" * 1001, 2000)
+        big = msg(1, "x" * 1001)[1]
         with pytest.raises(BadRequest):
             session._accept([(2, big)])
         with pytest.raises(PayloadTooLarge):
