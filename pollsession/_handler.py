@@ -319,7 +319,7 @@ class HttpHandler:
             if isinstance(operation, Open):
                 request = RequestInfo.from_context(context)
                 identity = self._run_auth(request)
-                client = self._client_key(request)
+                client = self._run_client_key(request)
                 return cors, (self._serve(operation, context.path(), request, identity, client), False)
             holds_thread = False
             if blocking and isinstance(operation, Poll) and operation.wait != 0:
@@ -371,6 +371,13 @@ class HttpHandler:
             logger.exception("pollsession: the authentication hook raised")
             raise HttpError("internal server error") from None
         return _accepted(identity)
+
+    def _run_client_key(self, request: RequestInfo) -> str | None:
+        try:
+            return self._client_key(request)
+        except Exception:
+            logger.exception("pollsession: the client_key callable raised")
+            raise HttpError("internal server error") from None
 
     async def _serve(
         self, operation: Operation, path: str, request: RequestInfo | None = None, identity: Any = None,
