@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from ._config import Settings
 from ._context import HttpContext
 from ._errors import BadRequest, Forbidden, HttpError, MethodNotAllowed, PayloadTooLarge, UnsupportedMediaType
-from ._messages import Message, parse_batch
+from ._messages import Packed, parse_batch
 
 __all__ = ["Preflight", "Open", "Poll", "Push", "Delete", "Operation", "parse_operation", "is_probe", "ALLOW",
            "SESSION_HEADER"]
@@ -52,7 +52,7 @@ class Poll:
 @dataclass(frozen=True, slots=True)
 class Push:
     sid: str
-    batch: list[tuple[int, Message]]
+    batch: list[tuple[int, Packed]]
     error: HttpError | None = None
 
 
@@ -91,7 +91,7 @@ def _parse_poll_query(items: list[tuple[str, str]]) -> tuple[int, float | None]:
     return ack, wait
 
 
-def _parse_push(context: HttpContext, settings: Settings) -> list[tuple[int, Message]]:
+def _parse_push(context: HttpContext, settings: Settings) -> list[tuple[int, Packed]]:
     content_type = context.header("Content-Type") or ""
     if content_type.split(";", 1)[0].strip().lower() != "application/json":
         raise UnsupportedMediaType(
