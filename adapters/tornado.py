@@ -2,8 +2,10 @@
 
 Usage::
 
-    from pollsession.adapters.tornado import route
+    from pollsession.adapters.tornado import route, server_options
     app = tornado.web.Application([route(r"/poll", handler)])
+    server = tornado.httpserver.HTTPServer(app, **server_options(handler))
+    server.listen(8000)
 
 Threading model
 ---------------
@@ -15,28 +17,107 @@ polls. When a client goes away, Tornado calls ``on_connection_close`` and the
 held poll is released at once. A synchronous ``authenticate`` hook runs on
 Tornado's IOLoop, so keep it quick (or make it ``async``: it then runs on the
 pollsession loop).
+
+Request bodies
+--------------
+
+The body is streamed in and at most ``max_body_size + 1`` bytes of it are
+kept. As soon as more than ``max_body_size`` bytes have arrived, or
+``Content-Length`` declares more, the request is answered (the core decides
+what: 413 for a POST of a known session, 410 for an unknown one, ...) with
+``Connection: close``, and the connection is closed without reading the
+rest. Any other request is answered once its body has arrived, and its
+connection stays open for the next request.
+
+Tornado's HTTP layer checks the framing itself, before any handler sees the
+body: an invalid chunk size, a chunk without its CRLF, a malformed
+``Content-Length``, or chunk sizes adding up past Tornado's own
+``max_body_size`` (an ``HTTPServer`` option, 100 MiB by default) get Tornado's
+bare ``400 Bad Request`` (no JSON body) and the connection is closed; no
+adapter code can answer those. Errors that Tornado raises inside the
+handler (its ``cross_origin_protection``, an unexpected exception) are
+written as the protocol's JSON error.
+
+Paths and headers
+-----------------
+
+Tornado matches routes against the raw path, so a target answers only at
+its path spelled as mounted (``//poll`` and ``/%70oll`` are 404), as the
+Flask adapter does. A header sent more than once reads as its values
+joined with ``", "`` (RFC 9110): a doubled ``Pollsession-Id`` names no
+session, a doubled ``Origin`` is no allowed origin.
+
+Server options that matter
+--------------------------
+
+Build the ``HTTPServer`` with :func:`server_options`: Tornado's default
+header timeout is an hour and it has no body timeout, so clients that
+connect and send nothing (or trickle headers) pile up until the process
+runs out of file descriptors, and at that limit Tornado's accept loop spins
+at 100% CPU. Raise the process's file-descriptor limit (``ulimit -n``)
+above the number of concurrent clients, with room to spare: each client
+holds one connection for its poll and sometimes one for a POST.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
+from http.client import responses
 from typing import Any
 from urllib.parse import parse_qsl
 
-import tornado.web
-from tornado.httputil import HTTPServerRequest
+try:
+    import tornado.web
+    from tornado.http1connection import HTTP1Connection
+    from tornado.httputil import HTTPServerRequest
+except ModuleNotFoundError as missing:
+    raise ModuleNotFoundError(
+        f"pollsession.adapters.tornado needs Tornado ({missing}); install it with: "
+        f"pip install 'pollsession[tornado]'",
+        name=missing.name,
+    ) from missing
 
-from pollsession import HttpContext, HttpHandler, HttpResponse, client_script_path
+from pollsession import (
+    BadRequest,
+    Forbidden,
+    HttpContext,
+    HttpError,
+    HttpHandler,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    client_script_path,
+)
+from pollsession._handler import error_response
 
-__all__ = ["TornadoContext", "SessionRequestHandler", "ClientScriptHandler", "route", "client_script_route"]
+__all__ = [
+    "TornadoContext",
+    "SessionRequestHandler",
+    "ClientScriptHandler",
+    "route",
+    "client_script_route",
+    "server_options",
+]
+
+# The methods Tornado's RequestHandler can dispatch to once the body is in.
+_DISPATCHED = frozenset({"GET", "HEAD", "POST", "DELETE", "PATCH", "PUT", "OPTIONS"})
+_TORNADO_MAX_BODY_SIZE = 100 * 1024 * 1024  # Tornado's default max_body_size (its max_buffer_size)
+_ERROR_CODES = {error.status: error.code for error in (BadRequest, Forbidden, MethodNotAllowed, PayloadTooLarge)}
 
 
 class TornadoContext(HttpContext):
-    """An :class:`~pollsession.HttpContext` over a Tornado request."""
+    """An :class:`~pollsession.HttpContext` over a Tornado request.
 
-    def __init__(self, tornado_request: HTTPServerRequest) -> None:
+    ``body`` is the body as far as it was read (``request.body`` when None).
+    ``too_large`` says that the body is larger than what was read and was
+    left unread (its ``Content-Length`` is past the limit).
+    """
+
+    def __init__(self, tornado_request: HTTPServerRequest, body: bytes | None = None, *,
+                 too_large: bool = False) -> None:
         self._request = tornado_request
+        self._body = tornado_request.body if body is None else body
+        self._too_large = too_large
 
     def method(self) -> str:
         return self._request.method or "GET"
@@ -48,7 +129,8 @@ class TornadoContext(HttpContext):
         return self._request.protocol
 
     def header(self, name: str) -> str | None:
-        return self._request.headers.get(name)
+        values = self._request.headers.get_list(name)
+        return ", ".join(values) if values else None
 
     def headers(self) -> Iterable[tuple[str, str]]:
         return list(self._request.headers.get_all())
@@ -56,8 +138,11 @@ class TornadoContext(HttpContext):
     def query_items(self) -> Iterable[tuple[str, str]]:
         return parse_qsl(self._request.query, keep_blank_values=True)
 
-    def body(self) -> bytes:
-        return self._request.body
+    def body(self, limit: int) -> bytes:
+        if self._too_large and len(self._body) <= limit:
+            raise PayloadTooLarge(f"request body declares more than max_body_size of {limit} bytes",
+                                  code="body_too_large")
+        return self._body[: limit + 1]
 
     def client_address(self) -> str | None:
         return self._request.remote_ip
@@ -70,6 +155,14 @@ class _EveryMethod(tuple[str, ...]):
         return True
 
 
+def _declared_length(request: HTTPServerRequest) -> int | None:
+    """The body length a plain ``Content-Length`` declares, if any."""
+    value = request.headers.get("Content-Length")
+    if value is None or not (value.isascii() and value.isdigit()):
+        return None
+    return int(value) if len(value) <= 18 else 10**18  # past any limit (and int()'s digit limit)
+
+
 @tornado.web.stream_request_body
 class SessionRequestHandler(tornado.web.RequestHandler):
     """Serves one :class:`~pollsession.HttpHandler`; give it ``{"handler": handler}``.
@@ -77,30 +170,53 @@ class SessionRequestHandler(tornado.web.RequestHandler):
     The body is streamed in and kept raw (up to one byte past
     ``max_body_size``, enough for the core to answer 413), so that Tornado
     never parses it as a form: what a body means is the core's business.
+    A body past that size is not read: the request is answered at once and
+    the connection closed (see the module docstring).
     """
 
     SUPPORTED_METHODS = _EveryMethod(("GET", "POST", "DELETE", "OPTIONS"))
 
     def initialize(self, handler: HttpHandler) -> None:
         self._handler = handler
+        self._limit = handler.settings.max_body_size
         self._body = bytearray()
-        self._body_cap = handler.settings.max_body_size + 1
-        self._answering: asyncio.Future[HttpResponse] | None = None
+        self._answer: asyncio.Future[None] | None = None  # writing the answer
+        self._answering: asyncio.Future[Any] | None = None  # the core making it
 
     async def prepare(self) -> None:
-        # Only the four methods have handler methods; any other is answered
-        # now, so that Tornado never looks for a method to call.
-        if self.request.method not in ("GET", "POST", "DELETE", "OPTIONS"):
-            await self._serve()
+        if (self.request.method or "").upper() not in _DISPATCHED:
+            # Tornado would find no method to call for it: answer now, before the body.
+            await self._start(complete=False)
+            return
+        declared = _declared_length(self.request)
+        if declared is not None and declared > self._limit:
+            connection = self.request.connection
+            if isinstance(connection, HTTP1Connection):
+                # The body is never read; spare the answer a trailing "400" from Tornado's own check.
+                connection.set_max_body_size(declared)
+            await self._start(complete=False, too_large=True)
 
-    def data_received(self, chunk: bytes) -> None:
-        room = self._body_cap - len(self._body)
-        if room > 0:
-            self._body += chunk[:room]
+    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
+        if self._answer is not None:
+            return None  # answered already; Tornado drops the rest until the connection closes
+        self._body += chunk[: self._limit + 1 - len(self._body)]
+        if len(self._body) > self._limit:
+            return self._start(complete=False)  # Tornado reads no further until this is answered
+        return None
 
-    async def _serve(self) -> None:
-        self.request.body = bytes(self._body)
-        self._answering = asyncio.ensure_future(self._handler.handle_request_async(TornadoContext(self.request)))
+    async def _serve(self, *args: str, **kwargs: str) -> None:
+        """Every dispatched method, once the whole body has arrived."""
+        await (self._answer or self._start(complete=True))
+
+    get = head = post = delete = patch = put = options = _serve
+
+    def _start(self, *, complete: bool, too_large: bool = False) -> asyncio.Future[None]:
+        self._answer = asyncio.ensure_future(self._respond(complete, too_large))
+        return self._answer
+
+    async def _respond(self, complete: bool, too_large: bool) -> None:
+        context = TornadoContext(self.request, bytes(self._body), too_large=too_large)
+        self._answering = asyncio.ensure_future(self._handler.handle_request_async(context))
         try:
             answer = await self._answering
         except asyncio.CancelledError:
@@ -111,21 +227,37 @@ class SessionRequestHandler(tornado.web.RequestHandler):
         self.set_status(answer.status)
         for name, value in answer.headers:
             self.add_header(name, value)
+        if not complete:
+            # Tornado closes a connection whose request body it has not read; say so.
+            self.set_header("Connection", "close")
         self.finish(answer.body or None)
 
     def on_connection_close(self) -> None:
         if self._answering is not None:
             self._answering.cancel()
+        super().on_connection_close()  # ends a request whose body never completed
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Errors Tornado raises in this handler, as the protocol's JSON error."""
+        error = HttpError(responses.get(status_code, "error").lower())
+        error.status = status_code
+        error.code = _ERROR_CODES.get(status_code, "internal_error" if status_code >= 500 else "bad_request")
+        answer = error_response(error)
+        self.clear_header("Content-Type")
+        for name, value in answer.headers:
+            self.set_header(name, value)
+        self.finish(answer.body)
 
     # Protocol rules decide: no Tornado XSRF check (sessions never open by POST),
-    # no ETag/304 on poll answers.
+    # no origin check of Tornado's own, no ETag/304 on poll answers.
     def check_xsrf_cookie(self) -> None:
         return None
 
+    def check_trusted_origin(self, origin: str) -> bool:
+        return True  # Tornado's cross_origin_protection: the core's origin policy decides instead
+
     def compute_etag(self) -> str | None:
         return None
-
-    get = post = delete = options = _serve
 
 
 class ClientScriptHandler(tornado.web.RequestHandler):
@@ -142,10 +274,60 @@ class ClientScriptHandler(tornado.web.RequestHandler):
 
 
 def route(pattern: str, handler: HttpHandler) -> tuple[str, type[SessionRequestHandler], dict[str, Any]]:
-    """A Tornado route serving ``handler`` at ``pattern``."""
+    """A Tornado route serving ``handler`` at ``pattern``.
+
+    The target answers only at a path the pattern matches as sent (Tornado
+    matches the raw path: ``//poll`` or ``/%70oll`` are not ``/poll``).
+    Serve the application with an ``HTTPServer`` built with
+    :func:`server_options` (header and body timeouts, Tornado's own body
+    limit), and raise the file-descriptor limit above the number of
+    concurrent clients; see the module docstring.
+    """
     return (pattern, SessionRequestHandler, {"handler": handler})
 
 
 def client_script_route(pattern: str = r"/pollsession\.js") -> tuple[str, type[ClientScriptHandler]]:
     """A Tornado route serving the browser client at ``pattern``."""
     return (pattern, ClientScriptHandler)
+
+
+def server_options(
+    handler: HttpHandler, *, idle_connection_timeout: float = 30.0, body_timeout: float | None = None
+) -> dict[str, Any]:
+    """Recommended keyword arguments of ``tornado.httpserver.HTTPServer`` for ``handler``.
+
+    ::
+
+        server = tornado.httpserver.HTTPServer(app, **server_options(handler))
+
+    * ``idle_connection_timeout`` (30 s): how long Tornado waits for a
+      complete request head, on a new connection or between the requests of
+      a keep-alive one. Tornado's default is an hour, so clients that
+      connect and send nothing, or trickle their headers, each keep a file
+      descriptor for an hour; at the process's fd limit Tornado can no
+      longer accept and its accept loop spins at 100% CPU. A held long poll
+      is not affected: its head has arrived.
+    * ``body_timeout`` (by default the time ``max_body_size`` takes at
+      64 KiB/s, at least 30 s): how long a request body may take to
+      arrive. Tornado has none by default, so a client that declares a
+      body and sends a byte now and then holds its connection for ever.
+    * ``max_body_size``: Tornado's own body limit, checked against chunk
+      sizes before any data is read (a body declared past it gets Tornado's
+      bare 400). Kept at Tornado's default of 100 MiB, or above the
+      handler's ``max_body_size``, so that pollsession answers every body
+      in between with its JSON 413.
+
+    Size the process's file-descriptor limit (``ulimit -n``, or
+    ``LimitNOFILE=`` under systemd) above the number of concurrent clients:
+    each holds one connection for its poll, sometimes one more for a POST,
+    and idle ones stay until ``idle_connection_timeout``. Pass your own
+    ``ssl_options``, ``xheaders`` and so on next to these.
+    """
+    settings = handler.settings
+    if body_timeout is None:
+        body_timeout = max(30.0, settings.max_body_size / (64 * 1024))
+    return {
+        "idle_connection_timeout": idle_connection_timeout,
+        "body_timeout": body_timeout,
+        "max_body_size": max(_TORNADO_MAX_BODY_SIZE, settings.max_body_size + 1),
+    }

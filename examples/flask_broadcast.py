@@ -4,13 +4,15 @@ Sessions here only listen. ``POST /announce`` with ``{"text": "..."}`` sends
 ``{"announcement": "..."}`` to all of them, from the view's own thread, with
 ``handler.broadcast_threadsafe`` (the handler's loop does the sending).
 
-Run:  python examples/flask_broadcast.py    (PORT=9000 python ... for another port)
+Run:  .venv/bin/python examples/flask_broadcast.py    (PORT=9000 ... for another port)
 Then open http://127.0.0.1:8000/ in a few tabs, and announce:
 
     curl -X POST http://127.0.0.1:8000/announce -H 'Content-Type: application/json' -d '{"text": "hello"}'
 """
 
 import os
+import signal
+import threading
 
 from flask import Flask, request
 from werkzeug.serving import make_server
@@ -61,10 +63,16 @@ def index() -> str:
 if __name__ == "__main__":
     port = int(os.environ.get("PORT", "8000"))
     server = make_server("127.0.0.1", port, app, threaded=True)
+    server.daemon_threads = False  # so that server_close() waits until the last answers are written
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     print(f"flask_broadcast: listening on http://127.0.0.1:{port}/", flush=True)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop on SIGTERM as on Ctrl-C
     try:
-        server.serve_forever()
+        threading.Event().wait()  # until Ctrl-C
     except KeyboardInterrupt:
         pass
-    finally:
-        handler.close()
+    # Close the handler while the server still answers: held polls, and polls
+    # arriving meanwhile, get the 1001 close at once. Then stop the server.
+    handler.close()
+    server.shutdown()
+    server.server_close()

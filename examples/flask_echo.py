@@ -1,6 +1,6 @@
 """Echo over pollsession, in Flask: every message a client sends comes back.
 
-Run:  python examples/flask_echo.py         (PORT=9000 python ... for another port)
+Run:  .venv/bin/python examples/flask_echo.py         (PORT=9000 ... for another port)
 Then open http://127.0.0.1:8000/ and type, or use the Python client:
 
     from pollsession.client import Client
@@ -10,6 +10,8 @@ Then open http://127.0.0.1:8000/ and type, or use the Python client:
 """
 
 import os
+import signal
+import threading
 
 from flask import Flask
 from werkzeug.serving import make_server
@@ -50,10 +52,16 @@ if __name__ == "__main__":
     port = int(os.environ.get("PORT", "8000"))
     # Any threaded WSGI server works: each held long poll occupies one worker thread.
     server = make_server("127.0.0.1", port, app, threaded=True)
+    server.daemon_threads = False  # so that server_close() waits until the last answers are written
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     print(f"flask_echo: listening on http://127.0.0.1:{port}/", flush=True)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop on SIGTERM as on Ctrl-C
     try:
-        server.serve_forever()
+        threading.Event().wait()  # until Ctrl-C
     except KeyboardInterrupt:
         pass
-    finally:
-        handler.close()  # closes every session with 1001
+    # Close the handler while the server still answers: held polls, and polls
+    # arriving meanwhile, get the 1001 close at once. Then stop the server.
+    handler.close()
+    server.shutdown()
+    server.server_close()

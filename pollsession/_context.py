@@ -20,8 +20,8 @@ class HttpContext(abc.ABC):
     """What the core needs to know about one HTTP request.
 
     Implement every method; each is called at most a few times per request,
-    from the thread that called the handler. ``body()`` is only called for
-    requests that carry one the core will read.
+    from the thread that called the handler. ``body(limit)`` is called at
+    most once, only for requests that carry one the core will read.
     """
 
     @abc.abstractmethod
@@ -49,8 +49,27 @@ class HttpContext(abc.ABC):
         """Every query parameter as ``(name, value)`` pairs, in order, repeats included."""
 
     @abc.abstractmethod
-    def body(self) -> bytes:
-        """The whole request body."""
+    def body(self, limit: int) -> bytes:
+        """The request body, reading at most ``limit + 1`` bytes of it.
+
+        Return the whole body when it is ``limit`` bytes or fewer; otherwise
+        return more than ``limit`` bytes (``limit + 1`` is enough) and read
+        no further: the core answers 413 when more than ``limit`` came back,
+        so the rest is never needed. Whatever the framing (``Content-Length``
+        or chunked), never hold more than about ``limit`` bytes in memory.
+
+        Raise :class:`~pollsession.BadRequest` (the core answers 400 with the
+        protocol's JSON error) when the body's framing is broken or the body
+        is cut off (fewer bytes than ``Content-Length`` before the end of
+        the stream); never let the framework's own exception escape. An
+        adapter that has not read a body it knows to be larger than
+        ``limit`` raises :class:`~pollsession.PayloadTooLarge`.
+
+        After an answer made without reading the whole body, the adapter
+        must make sure the connection is not reused with the rest of the
+        body still in it: close it (and say ``Connection: close``), or let
+        the server discard the rest.
+        """
 
     @abc.abstractmethod
     def client_address(self) -> str | None:

@@ -55,8 +55,8 @@ class FakeContext(HttpContext):
     def query_items(self) -> Iterable[tuple[str, str]]:
         return list(self._query)
 
-    def body(self) -> bytes:
-        return self._body
+    def body(self, limit: int) -> bytes:
+        return self._body[: limit + 1]
 
     def client_address(self) -> str | None:
         return self._client

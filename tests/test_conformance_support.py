@@ -2,7 +2,9 @@
 
 The suite checks every numbered rule of ``PROTOCOL.md`` by speaking plain HTTP
 (``requests``, and raw sockets where a client misbehaves) to a real server of
-each adapter. On the server runs one application, :func:`make_app`, whose
+each adapter. Like a real client, each client thread keeps one
+``requests.Session`` per server, so requests reuse keep-alive connections
+(and an adapter that closes one without saying ``Connection: close`` shows). On the server runs one application, :func:`make_app`, whose
 behaviour a test picks with the ``mode`` query parameter of the opening
 ``GET``; it records what its session saw (messages read, the close it was
 told about) in an :class:`AppProbe`, so a test checks the application's side
@@ -156,8 +158,31 @@ class ConformanceServer:
         self.url = base + "/poll"
         self.handler = handler
         self.probes = probes
+        # Each client thread keeps one requests.Session for this server, so that
+        # requests reuse keep-alive connections the way real clients do.
+        self._local = threading.local()
+        self._clients: list[requests.Session] = []
+        self._clients_lock = threading.Lock()
 
     # requests ----------------------------------------------------------------
+
+    @property
+    def client(self) -> requests.Session:
+        """This thread's persistent HTTP client for the server."""
+        client: requests.Session | None = getattr(self._local, "client", None)
+        if client is None:
+            client = requests.Session()
+            client.trust_env = False  # no proxy between the suite and 127.0.0.1
+            self._local.client = client
+            with self._clients_lock:
+                self._clients.append(client)
+        return client
+
+    def close_clients(self) -> None:
+        with self._clients_lock:
+            clients, self._clients = self._clients, []
+        for client in clients:
+            client.close()
 
     def request(
         self,
@@ -172,11 +197,9 @@ class ConformanceServer:
         all_headers = dict(headers or {})
         if sid is not None:
             all_headers["Pollsession-Id"] = sid
-        with requests.Session() as client:
-            client.trust_env = False  # no proxy between the suite and 127.0.0.1
-            return client.request(
-                method, self.base + path, params=params, headers=all_headers, timeout=TIMEOUT, **kwargs
-            )
+        return self.client.request(
+            method, self.base + path, params=params, headers=all_headers, timeout=TIMEOUT, **kwargs
+        )
 
     def open(
         self, mode: str = "record", *, headers: dict[str, str] | None = None, **query: Any
@@ -304,7 +327,11 @@ def running(
                 app_or_routes.append(route(path, mounted))
 
     with serve(adapter, handler, extra=extra) as base:
-        yield ConformanceServer(adapter, base, handler, probes, config)
+        conformance_server = ConformanceServer(adapter, base, handler, probes, config)
+        try:
+            yield conformance_server
+        finally:
+            conformance_server.close_clients()
 
 
 def server_fixture(

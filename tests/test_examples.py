@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -59,18 +60,27 @@ def _answers_probe(url: str) -> bool:
     return response.status_code == 200 and response.text == "ok"
 
 
-@contextlib.contextmanager
-def running(args: Sequence[str], logs: Path, *, port: int | None = None) -> Iterator[Server]:
-    """Run ``python *args`` from the repository root with ``PORT`` set; yield it once its probe answers.
+def _default_sigint() -> None:
+    # A shell starts background jobs with SIGINT ignored, and a Python started
+    # that way never raises KeyboardInterrupt: give the child a terminal's Ctrl-C.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
-    The process is terminated (SIGTERM) when the block ends, if it still runs.
+
+@contextlib.contextmanager
+def running(args: Sequence[str], logs: Path, *, port: int | None = None, cwd: Path = ROOT,
+            program: Sequence[str] = (sys.executable,)) -> Iterator[Server]:
+    """Run ``python *args`` from ``cwd`` (the repository root) with ``PORT`` set; yield it once its probe answers.
+
+    ``program`` replaces ``python`` (a ``gunicorn`` command, say). The process
+    is terminated (SIGTERM) when the block ends, if it still runs.
     """
     port = port or free_port()
     logs.mkdir(parents=True, exist_ok=True)
     stdout, stderr = logs / "stdout.txt", logs / "stderr.txt"
     env = {**os.environ, "PORT": str(port), "PYTHONUNBUFFERED": "1"}
     with stdout.open("wb") as out, stderr.open("wb") as err:
-        process = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=out, stderr=err)
+        process = subprocess.Popen([*program, *args], cwd=cwd, env=env, stdout=out, stderr=err,
+                                   preexec_fn=_default_sigint)
     server = Server(f"http://127.0.0.1:{port}", process, stdout, stderr)
     try:
         wait_until(lambda: process.poll() is not None or _answers_probe(server.url), TIMEOUT,

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
-__all__ = ["MS", "ADAPTERS", "serve", "wait_until"]
+__all__ = ["MS", "ADAPTERS", "RawConnection", "RawResponse", "serve", "wait_until"]
 
 MS = 0.001 * float(os.environ.get("POLLSESSION_TEST_SCALE", "1"))
 
@@ -37,20 +41,30 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 5000 * MS, what: s
 
 
 @contextlib.contextmanager
-def serve(adapter: str, handler: Any, *, extra: Callable[[Any], None] | None = None) -> Iterator[str]:
+def serve(
+    adapter: str,
+    handler: Any,
+    *,
+    extra: Callable[[Any], None] | None = None,
+    tornado_options: dict[str, Any] | None = None,
+    tornado_settings: dict[str, Any] | None = None,
+) -> Iterator[str]:
     """Serve ``handler`` at ``/poll`` with ``adapter`` on 127.0.0.1; yield the base URL.
 
     ``extra`` receives the Flask app or the list of Tornado routes before the
     server starts, so a test can add its own routes (pages, scripts).
+    ``tornado_options`` are keyword arguments of Tornado's ``HTTPServer``
+    (such as ``server_options(handler)``), ``tornado_settings`` those of its
+    ``Application``; Flask ignores both.
     The handler is closed when the block ends.
     """
     if adapter == "flask":
         cm = _serve_flask(handler, extra)
     elif adapter == "tornado":
-        cm = _serve_tornado(handler, extra)
+        cm = _serve_tornado(handler, extra, tornado_options or {}, tornado_settings or {})
     elif adapter == "tornado-same-loop":
         _use_running_loop(handler)
-        cm = _serve_tornado(handler, extra)
+        cm = _serve_tornado(handler, extra, tornado_options or {}, tornado_settings or {})
     else:
         raise ValueError(f"unknown adapter {adapter!r}")
     with cm as base_url:
@@ -95,7 +109,9 @@ def _serve_flask(handler: Any, extra: Callable[[Any], None] | None) -> Iterator[
 
 
 @contextlib.contextmanager
-def _serve_tornado(handler: Any, extra: Callable[[Any], None] | None) -> Iterator[str]:
+def _serve_tornado(
+    handler: Any, extra: Callable[[Any], None] | None, options: dict[str, Any], settings: dict[str, Any]
+) -> Iterator[str]:
     import tornado.httpserver
     import tornado.netutil
     import tornado.web
@@ -113,7 +129,7 @@ def _serve_tornado(handler: Any, extra: Callable[[Any], None] | None) -> Iterato
     def run() -> None:
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
-        server = tornado.httpserver.HTTPServer(tornado.web.Application(routes))
+        server = tornado.httpserver.HTTPServer(tornado.web.Application(routes, **settings), **options)
         server.add_sockets(sockets)
         state.update(loop=loop, server=server)
         started.set()
@@ -139,3 +155,130 @@ def _serve_tornado(handler: Any, extra: Callable[[Any], None] | None) -> Iterato
         asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
+
+
+# -- raw HTTP/1.1, for clients that misbehave ---------------------------------------
+
+
+@dataclass
+class RawResponse:
+    """One response as it came off the wire."""
+
+    status: int
+    headers: list[tuple[str, str]]  # names lower-cased, in order
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        values = [value for key, value in self.headers if key == name.lower()]
+        return ", ".join(values) if values else None
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def closes(self) -> bool:
+        """Whether the answer says ``Connection: close``."""
+        return "close" in (self.header("connection") or "").lower()
+
+
+class RawConnection:
+    """One TCP connection to a test server, spoken to byte by byte.
+
+    Every read has a deadline (``timeout``): a server that never answers
+    fails the test instead of hanging it.
+    """
+
+    def __init__(self, base_url: str, timeout: float = 10_000 * MS) -> None:
+        parts = urlsplit(base_url)
+        assert parts.hostname is not None and parts.port is not None
+        self.host = f"{parts.hostname}:{parts.port}"
+        self.timeout = timeout
+        self.sock = socket.create_connection((parts.hostname, parts.port), timeout=timeout)
+        self._buffer = b""
+
+    def __enter__(self) -> RawConnection:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _fill(self) -> bool:
+        """Read more into the buffer; False at the end of the stream (or a reset)."""
+        try:
+            chunk = self.sock.recv(65536)
+        except ConnectionResetError:
+            return False
+        self._buffer += chunk
+        return bool(chunk)
+
+    def _take_line(self) -> bytes:
+        while b"\r\n" not in self._buffer:
+            if not self._fill():
+                raise EOFError(f"connection closed in the middle of a response: {self._buffer[:200]!r}")
+        line, _, self._buffer = self._buffer.partition(b"\r\n")
+        return line
+
+    def _take(self, size: int) -> bytes:
+        while len(self._buffer) < size:
+            if not self._fill():
+                raise EOFError(f"connection closed after {len(self._buffer)} of {size} body bytes")
+        data, self._buffer = self._buffer[:size], self._buffer[size:]
+        return data
+
+    def response(self, *, head: bool = False) -> RawResponse:
+        """Read one whole response (skipping ``100 Continue``); ``head`` for the answer to a HEAD."""
+        while True:
+            status_line = self._take_line()
+            headers: list[tuple[str, str]] = []
+            while line := self._take_line():
+                name, _, value = line.decode("latin-1").partition(":")
+                headers.append((name.strip().lower(), value.strip()))
+            status = int(status_line.split()[1])
+            if status != 100:
+                break
+        response = RawResponse(status, headers, b"")
+        length = response.header("content-length")
+        if head or status in (204, 304):
+            return response
+        if "chunked" in (response.header("transfer-encoding") or ""):
+            parts = []
+            while size := int(self._take_line().split(b";")[0], 16):
+                parts.append(self._take(size))
+                self._take_line()
+            while self._take_line():  # trailers
+                pass
+            response.body = b"".join(parts)
+        elif length is not None:
+            response.body = self._take(int(length))
+        else:  # delimited by the end of the connection
+            while self._fill():
+                pass
+            response.body, self._buffer = self._buffer, b""
+        return response
+
+    def wait_closed(self) -> bytes:
+        """Wait until the server ends the connection (FIN or reset); return what came before."""
+        while self._fill():
+            pass
+        data, self._buffer = self._buffer, b""
+        return data
+
+    def is_open(self) -> bool:
+        """Whether the server still keeps the connection open (nothing to read, no end), right now."""
+        self.sock.setblocking(False)
+        try:
+            chunk = self.sock.recv(65536)
+        except BlockingIOError:
+            return True
+        except ConnectionResetError:
+            return False
+        finally:
+            self.sock.settimeout(self.timeout)
+        self._buffer += chunk
+        return bool(chunk)
