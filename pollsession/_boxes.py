@@ -82,9 +82,23 @@ class Outbox:
             del self._entries[:done]
         return True
 
+    def message_parts(self) -> list[bytes]:
+        """The JSON array of every unacknowledged message, in pieces to join once.
+
+        The fragments themselves are not copied: the answer is joined in one
+        pass by whoever writes it.
+        """
+        parts = [b"["]
+        for seq, fragment in self._entries:
+            parts += (b'{"seq":%d,' % seq, fragment, b"},")
+        if len(parts) > 1:
+            parts[-1] = b"}"
+        parts.append(b"]")
+        return parts
+
     def messages_json(self) -> bytes:
         """The JSON array of every unacknowledged message, as a poll answer carries it."""
-        return b"[" + b",".join(b'{"seq":%d,%s}' % entry for entry in self._entries) + b"]"
+        return b"".join(self.message_parts())
 
 
 class Inbox:

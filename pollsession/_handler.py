@@ -72,9 +72,9 @@ def _json_response(status: int, document: Any, headers: Iterable[tuple[str, str]
     return HttpResponse(status, [*_JSON_HEADERS, *headers], dump_json(document).encode("utf-8"))
 
 
-def _answer_response(fields: bytes, headers: Iterable[tuple[str, str]] = (), prefix: bytes = b"") -> HttpResponse:
-    """A 200 JSON answer ``{prefix fields}`` joined from bytes the session encoded once."""
-    return HttpResponse(200, [*_JSON_HEADERS, *headers], b"{" + prefix + fields + b"}")
+def _answer_response(fields: list[bytes], headers: Iterable[tuple[str, str]] = (), prefix: bytes = b"") -> HttpResponse:
+    """A 200 JSON answer ``{prefix fields}``, joined in one copy from pieces the session encoded once."""
+    return HttpResponse(200, [*_JSON_HEADERS, *headers], b"".join([b"{", prefix, *fields, b"}"]))
 
 
 def _default_client_key(request: RequestInfo) -> str | None:

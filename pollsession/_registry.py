@@ -37,7 +37,7 @@ logger = logging.getLogger("pollsession")
 Target = Callable[[Session], Awaitable[None]]
 
 
-SUPERSEDED_FIELDS = b'"messages":[],"closed":null'
+SUPERSEDED_FIELDS = [b'"messages":[],"closed":null']
 """The answer to a poll that a newer poll of the same session replaced."""
 
 
@@ -110,7 +110,7 @@ class Registry:
 
     # -- the protocol's operations ------------------------------------------
 
-    async def open(self, request: RequestInfo, identity: Any, client_key: str | None = None) -> tuple[str, bytes]:
+    async def open(self, request: RequestInfo, identity: Any, client_key: str | None = None) -> tuple[str, list[bytes]]:
         """Create a session, start its task; return its id and the fields of its first answer.
 
         ``client_key`` names the client for the per-client limits.
@@ -157,7 +157,7 @@ class Registry:
 
     async def poll(
         self, sid: str, path: str, ack: int, wait: float | None, error: HttpError | None = None
-    ) -> bytes:
+    ) -> list[bytes]:
         """Answer a long poll: at once when there is something to say, else hold it.
 
         Returns the fields of the answer (``"messages":[...],"closed":...``).

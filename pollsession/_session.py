@@ -316,11 +316,11 @@ class Session:
         if self._outbox.acknowledge(ack):
             self._hand_out_room()
 
-    def _answer_fields(self) -> bytes:
-        """``"messages":[...],"closed":...`` of a poll answer: everything unacknowledged, and the close."""
+    def _answer_fields(self) -> list[bytes]:
+        """``"messages":[...],"closed":...`` of a poll answer, in pieces: everything unacknowledged, and the close."""
         if self._close is not None:
             self._close_sent = True
-        return b'"messages":' + self._outbox.messages_json() + b',"closed":' + self._closed_json
+        return [b'"messages":', *self._outbox.message_parts(), b',"closed":', self._closed_json]
 
     def _ready_to_answer(self) -> bool:
         return bool(len(self._outbox)) or self._close is not None

@@ -34,7 +34,7 @@ def msg(seq: int, value: Any) -> tuple[int, Packed]:
 
 def pending(session: Session) -> list[dict[str, Any]]:
     """The unacknowledged messages a poll answer would carry, decoded."""
-    messages: list[dict[str, Any]] = json.loads(b"{" + session._answer_fields() + b"}")["messages"]
+    messages: list[dict[str, Any]] = json.loads(b"".join([b"{", *session._answer_fields(), b"}"]))["messages"]
     return messages
 
 
