@@ -29,9 +29,15 @@ rest of it stays on the connection: a WSGI application cannot close its
 connection, the server must. Werkzeug's development server says
 ``Connection: close`` on every answer and discards what is left; gunicorn
 discards the rest of the body before it reads the next request of a
-keep-alive connection. Werkzeug's development server also parses chunked
-bodies poorly (it is not meant for the internet): a chunk cut short by the
-end of the stream reads as filler bytes, which the bounded reads turn into a 413.
+keep-alive connection. Werkzeug's development server parses chunked bodies
+poorly (it is not meant for the internet): read with ``read()``, a chunk cut
+short by the end of the stream comes back padded with bytes that never
+arrived; the adapter reads into a fixed buffer instead, where the same cut
+raises, and answers 400. It cannot read chunk extensions or a trailer
+section either (both valid HTTP/1.1): such a body answers the JSON 400
+``bad_body`` there, and is read as sent under gunicorn. And its router
+refuses a ``Host`` that is not a DNS name (a label over 63 characters) with
+werkzeug's HTML 400, for every route of the app, before any view runs.
 
 Connections and timeouts
 ------------------------
@@ -77,6 +83,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
+from typing import IO
 from urllib.parse import quote
 
 try:
@@ -116,26 +123,19 @@ class FlaskContext(HttpContext):
         return self._request.scheme
 
     def header(self, name: str) -> str | None:
-        values = self._request.headers.getlist(name)
+        # A field value has no leading or trailing whitespace (RFC 9110, 5.5), as on Tornado.
+        values = [value.strip(" \t") for value in self._request.headers.getlist(name)]
         return ", ".join(values) if values else None
 
     def headers(self) -> Iterable[tuple[str, str]]:
-        return list(self._request.headers.items())
+        return [(name, value.strip(" \t")) for name, value in self._request.headers.items()]
 
     def query_items(self) -> Iterable[tuple[str, str]]:
         return list(self._request.args.items(multi=True))
 
     def body(self, limit: int) -> bytes:
-        chunks: list[bytes] = []
-        size = 0
         try:
-            stream = self._request.stream
-            while size <= limit:
-                data = stream.read(min(_READ_SIZE, limit + 1 - size))
-                if not data:
-                    break
-                chunks.append(data)
-                size += len(data)
+            body = _read_at_most(self._request.stream, limit + 1)
         except RequestEntityTooLarge:  # the app's MAX_CONTENT_LENGTH, below max_body_size
             raise PayloadTooLarge(f"request body exceeds this server's limit of "
                                   f"{self._request.max_content_length} bytes", code="body_too_large") from None
@@ -148,12 +148,39 @@ class FlaskContext(HttpContext):
             raise BadRequest("the request body's framing is broken or the body was cut off",
                              code="bad_body") from None
         declared = self._request.content_length
-        if size <= limit and declared is not None and size < declared:  # servers that end a short body quietly
-            raise BadRequest(f"the request body was cut off after {size} of its {declared} bytes", code="bad_body")
-        return b"".join(chunks)
+        if len(body) <= limit and declared is not None and len(body) < declared:  # a short body ended quietly
+            raise BadRequest(f"the request body was cut off after {len(body)} of its {declared} bytes",
+                             code="bad_body")
+        return body
 
     def client_address(self) -> str | None:
         return self._request.remote_addr
+
+
+def _read_at_most(stream: IO[bytes], size: int) -> bytes:
+    """Up to ``size`` bytes of ``stream``, in reads of at most 64 KiB.
+
+    Into a fixed memoryview where the stream has ``readinto``: werkzeug's
+    development-server dechunker then raises (ValueError) on a chunk cut
+    short by the end of the stream, where its ``read`` returns the length it
+    was asked for, padded with bytes it never received (stale memory).
+    """
+    body = bytearray()
+    readinto = getattr(stream, "readinto", None)
+    view = memoryview(bytearray(min(_READ_SIZE, size))) if readinto is not None else None
+    while len(body) < size:
+        want = min(_READ_SIZE, size - len(body))
+        if readinto is not None and view is not None:
+            count = readinto(view[:want])
+            if not count:
+                break
+            body += view[:count]
+        else:
+            data = stream.read(want)
+            if not data:
+                break
+            body += data
+    return bytes(body)
 
 
 def _raw_path(environ: Mapping[str, object]) -> str | None:
@@ -214,6 +241,9 @@ def _add_any_method_rule(app: App, rule: str, endpoint: str, view: Callable[[], 
     if endpoint in app.view_functions:
         raise ValueError(f"endpoint {endpoint!r} is already mounted; pass endpoint= to mount it twice")
     app.url_map.add(Rule(rule, endpoint=endpoint, merge_slashes=False))
+    # werkzeug routes a request carrying "Upgrade: websocket" only to websocket
+    # rules (else an HTML 400); to the core it is a GET like any other, as on Tornado.
+    app.url_map.add(Rule(rule, endpoint=endpoint, merge_slashes=False, websocket=True))
     app.view_functions[endpoint] = view
 
 

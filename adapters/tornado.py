@@ -31,10 +31,12 @@ connection stays open for the next request.
 
 Tornado's HTTP layer checks the framing itself, before any handler sees the
 body: an invalid chunk size, a chunk without its CRLF, a malformed
-``Content-Length``, or chunk sizes adding up past Tornado's own
-``max_body_size`` (an ``HTTPServer`` option, 100 MiB by default) get Tornado's
-bare ``400 Bad Request`` (no JSON body) and the connection is closed; no
-adapter code can answer those. Errors that Tornado raises inside the
+``Content-Length``, chunk sizes adding up past Tornado's own
+``max_body_size`` (an ``HTTPServer`` option, 100 MiB by default), and also
+chunk extensions and trailers, which Tornado does not accept, get Tornado's
+bare ``400 Bad Request`` (no JSON body) and the connection is closed; so
+does a query string of more than 1,000 fields, refused as the request
+is parsed. No adapter code can answer those. Errors that Tornado raises inside the
 handler (its ``cross_origin_protection``, an unexpected exception) are
 written as the protocol's JSON error.
 
@@ -87,8 +89,8 @@ from pollsession import (
     MethodNotAllowed,
     PayloadTooLarge,
     client_script_path,
+    error_response,
 )
-from pollsession._handler import error_response
 
 __all__ = [
     "TornadoContext",

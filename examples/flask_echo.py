@@ -48,20 +48,21 @@ def index() -> str:
 </script>"""
 
 
+def stop(signum: int, frame: object) -> None:
+    # On Ctrl-C or SIGTERM. From a thread of its own, so that serve_forever()
+    # goes on answering meanwhile: close() answers every held poll (and every
+    # poll that arrives meanwhile) with the 1001 close, then shutdown() makes
+    # serve_forever() return.
+    threading.Thread(target=lambda: (handler.close(), server.shutdown())).start()
+
+
 if __name__ == "__main__":
     port = int(os.environ.get("PORT", "8000"))
     # Any threaded WSGI server works: each held long poll occupies one worker thread.
     server = make_server("127.0.0.1", port, app, threaded=True)
     server.daemon_threads = False  # so that server_close() waits until the last answers are written
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
     print(f"flask_echo: listening on http://127.0.0.1:{port}/", flush=True)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop on SIGTERM as on Ctrl-C
-    try:
-        threading.Event().wait()  # until Ctrl-C
-    except KeyboardInterrupt:
-        pass
-    # Close the handler while the server still answers: held polls, and polls
-    # arriving meanwhile, get the 1001 close at once. Then stop the server.
-    handler.close()
-    server.shutdown()
+    server.serve_forever()
     server.server_close()

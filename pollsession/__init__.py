@@ -27,7 +27,7 @@ from ._errors import (
     UnknownSession,
     UnsupportedMediaType,
 )
-from ._handler import AuthHook, HttpHandler
+from ._handler import AuthHook, HttpHandler, error_response
 from ._messages import Message, MessageType
 from ._session import Session
 from ._session_handler import Decode, SessionHandler
@@ -58,6 +58,7 @@ __all__ = [
     "UnknownSession",
     "UnsupportedMediaType",
     "client_script_path",
+    "error_response",
     "__version__",
 ]
 

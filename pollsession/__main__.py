@@ -2,8 +2,9 @@
 
 ::
 
+    python -m pollsession --version
     python -m pollsession demo [--adapter tornado|flask] [--host 127.0.0.1] [--port 8000]
-                               [--nick-timeout 10] [--clock-interval 5]
+                               [--nick-timeout 60] [--clock-interval 5]
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+
+from pollsession import __version__
 
 __all__ = ["main", "build_parser"]
 
@@ -42,35 +45,51 @@ def build_parser() -> argparse.ArgumentParser:
         description="pollsession: a WebSocket-like session over HTTP long-polling.",
         epilog="Try: python -m pollsession demo   (options: python -m pollsession demo --help)",
     )
+    parser.add_argument("--version", action="version", version=f"pollsession {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = commands.add_parser(
         "demo",
         help="serve a small chat to try pollsession in a browser",
         description=(
             "Serve a small chat: open the printed URL in two browser tabs. Rooms are chosen by URL "
-            "(/room/<name>); a clock is pushed to every session. Stop with Ctrl-C."
+            "(/room/<name>); a clock is pushed to every session. Stop with Ctrl-C (or SIGTERM): every "
+            "session is closed with 1001."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     demo.add_argument("--adapter", choices=("tornado", "flask"), default="tornado",
                       help="the web framework that serves the demo")
-    demo.add_argument("--host", default="127.0.0.1", help="the address to listen on")
+    demo.add_argument("--host", default="127.0.0.1",
+                      help="the address to listen on (0.0.0.0: every interface, for other machines too)")
     demo.add_argument("--port", type=_port, default=8000, help="the port to listen on (0: any free port)")
-    demo.add_argument("--nick-timeout", type=_positive_seconds, default=10.0, metavar="SECONDS",
-                      help="a session that has not sent its nickname by then is closed with 1008")
+    demo.add_argument("--nick-timeout", type=_positive_seconds, default=60.0, metavar="SECONDS",
+                      help="a session without an accepted nickname this long after it opened (the page "
+                           "opens it as it loads) is closed with 1008")
     demo.add_argument("--clock-interval", type=_positive_seconds, default=5.0, metavar="SECONDS",
                       help="how often the clock is pushed to every session")
     return parser
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from pollsession.demo import Chat, serve
+    from pollsession.demo import WILDCARD_HOSTS, Chat, MissingFramework, require_framework, serve
 
+    try:
+        require_framework(args.adapter)
+    except MissingFramework as error:
+        print(f"pollsession demo: {error}", file=sys.stderr)
+        return 1
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    chat = Chat(nick_timeout=args.nick_timeout, clock_interval=args.clock_interval)
+    # On Tornado the sessions share Tornado's loop, so that the shutdown answers
+    # every held poll before the loop ends.
+    chat = Chat(nick_timeout=args.nick_timeout, clock_interval=args.clock_interval,
+                use_running_loop=args.adapter == "tornado")
 
     def ready(url: str) -> None:
         print(f"pollsession demo ({args.adapter}): open {url}/ in two browser tabs (Ctrl-C to stop)", flush=True)
+        if args.host in WILDCARD_HOSTS:
+            port = url.rsplit(":", 1)[1]
+            print(f"pollsession demo: listening on every interface ({args.host or '0.0.0.0'}): from another "
+                  f"machine, open http://<this machine's address>:{port}/", flush=True)
 
     try:
         serve(args.adapter, chat, host=args.host, port=args.port, ready=ready)

@@ -89,7 +89,11 @@ def _accepted(identity: Any) -> Any:
 
 
 def error_response(error: HttpError) -> HttpResponse:
-    """The one place where a refusal becomes an HTTP response."""
+    """The one place where a refusal becomes an HTTP response: the protocol's JSON error.
+
+    Public for adapters, which answer the errors they find themselves (a
+    body the framework could not read, say) exactly as the core would.
+    """
     document: dict[str, Any] = {"error": error.code, "message": error.message}
     headers: list[tuple[str, str]] = []
     if isinstance(error, InboxFull):
@@ -223,6 +227,9 @@ class HttpHandler:
         self._use_running_loop = use_running_loop
         self._inflight: set[asyncio.Task[Any]] = set()
         self._lock = threading.Lock()
+        # _closing: close() has begun (the loop still answers, and refuses opens);
+        # _closed: the loop is done and _final_closes is set; both under _lock.
+        self._closing = False
         self._closed = False
 
     # -- serving requests ----------------------------------------------------
@@ -504,32 +511,41 @@ class HttpHandler:
             raise RuntimeError("close() would block the handler's own loop: use 'await handler.aclose()' there")
         if not self._begin_closing():
             return
-        if self._loop_thread.started:
-            try:
+        try:
+            if self._loop_thread.started:
                 self.submit(self._shutdown()).result(timeout=self.settings.shutdown_timeout + 10)
-            except Exception:
-                logger.exception("pollsession: error while closing sessions")
+        except Exception:
+            logger.exception("pollsession: error while closing sessions")
+        finally:
+            self._end_closing()
         self._loop_thread.stop()
 
     async def aclose(self) -> None:
         """:meth:`close` for async code: on the handler's own loop, or on any other. Idempotent."""
         if not self._begin_closing():
             return
-        if self._loop_thread.in_loop_thread():
-            await self._shutdown()
-        elif self._loop_thread.started:
-            try:
+        try:
+            if self._loop_thread.in_loop_thread():
+                await self._shutdown()
+            elif self._loop_thread.started:
                 await asyncio.wrap_future(self.submit(self._shutdown()))
-            except Exception:
-                logger.exception("pollsession: error while closing sessions")
+        except Exception:
+            logger.exception("pollsession: error while closing sessions")
+        finally:
+            self._end_closing()
         await asyncio.to_thread(self._loop_thread.stop)
 
     def _begin_closing(self) -> bool:
         with self._lock:
-            if self._closed:
+            if self._closing:
                 return False
-            self._closed = True
+            self._closing = True
             return True
+
+    def _end_closing(self) -> None:
+        """From now on requests are answered from ``_final_closes``, without the loop."""
+        with self._lock:
+            self._closed = True
 
     async def _shutdown(self) -> None:
         self._final_closes = await self._registry.shutdown(self.settings.shutdown_timeout)

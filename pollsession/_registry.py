@@ -285,8 +285,14 @@ class Registry:
             self._timer = None
         for session in list(self._sessions.values()):
             session._end(1001, "server shutting down")
-        # Held polls answer with the close before the sessions go away.
-        await asyncio.sleep(0)
+        # The sessions stay known while their tasks finish: a poll that arrives
+        # meanwhile is answered with the session's close, as at any other time.
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
         final = dict(self._ended)
         for sid, session in self._sessions.items():
             if session._close is not None:
@@ -294,10 +300,4 @@ class Registry:
         self._sessions.clear()
         self._paths.clear()
         self._client_keys.clear()
-        if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending)
         return final

@@ -103,7 +103,9 @@ def test_an_absurd_chunk_size_is_refused_at_once_in_bounded_memory(base: str, ad
     finally:
         tracemalloc.stop()
     if adapter == "flask":
-        assert_json_error(response, 400, 413)
+        # The chunk is cut off by the end of the stream: a 400, not a 413 over filler
+        # bytes that werkzeug's dechunker pads a short read with.
+        assert assert_json_error(response, 400)["error"] == "bad_body"
     else:
         # Tornado's HTTP layer refuses a chunk beyond its own limit before any handler
         # runs, with a bare 400 (documented in the adapter; nothing to answer JSON with).

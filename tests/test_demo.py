@@ -59,7 +59,8 @@ class ChatPage:
     def join(self, nick: str) -> None:
         self.page.fill("#nick", nick)
         self.page.click("#join")
-        self.page.wait_for_selector('#state[data-state="connected"]')
+        self.page.wait_for_selector("#send-form:not([hidden])")
+        assert self.page.inner_text("#me") == nick
 
     def say(self, text: str) -> None:
         self.page.fill("#text", text)
@@ -142,7 +143,8 @@ def test_the_clock_reaches_a_member_that_outlives_the_nickname_deadline(demo: Se
     (hello,) = [m for m in session.received if m["type"] == "hello"]
     assert hello["room"] == "clocks" and re.fullmatch(r"\d\d:\d\d:\d\d", hello["time"])
     assert [m for m in session.received if m["type"] != "clock"] == [
-        hello, {"type": "join", "nick": "tick", "members": ["tick"]}]
+        hello, {"type": "welcome", "nick": "tick", "members": ["tick"]},
+        {"type": "join", "nick": "tick", "members": ["tick"]}]
     assert session.closed is None
     assert session.delete() == 204
 
@@ -170,6 +172,25 @@ def test_members_hear_each_other_and_leaves(demo: Server) -> None:
     ann.receive_until(lambda received: {"type": "leave", "nick": "bob", "members": ["ann"]} in received,
                       "bob's leave")
     assert ann.delete() == 204
+
+
+def test_a_nickname_taken_in_the_room_is_refused_and_another_accepted(demo: Server) -> None:
+    ann = WireSession(f"{demo.url}/poll", {"room": "names"})
+    ann.send("Ann")
+    ann.receive_until(lambda received: any(m.get("type") == "welcome" for m in received), "ann's welcome")
+    twin = WireSession(f"{demo.url}/poll", {"room": "names"})
+    twin.send("  ann ")  # the same nickname, ignoring case and surrounding whitespace
+    twin.receive_until(lambda received: any(m.get("type") == "nick_taken" for m in received), "the refusal")
+    assert not any(m.get("type") in ("welcome", "join") for m in twin.received)
+    twin.send("ann2")
+    twin.receive_until(lambda received: {"type": "welcome", "nick": "ann2", "members": ["Ann", "ann2"]} in received,
+                       "the second nickname's welcome")
+    assert twin.closed is None
+    elsewhere = WireSession(f"{demo.url}/poll", {"room": "other-names"})
+    elsewhere.send("Ann")  # another room: free
+    elsewhere.receive_until(lambda received: any(m.get("type") == "welcome" for m in received), "welcome elsewhere")
+    for session in (ann, twin, elsewhere):
+        assert session.delete() == 204
 
 
 def test_a_bad_room_name_is_refused_with_1008(demo: Server) -> None:
@@ -207,4 +228,32 @@ def test_two_pages_in_a_room_chat_and_another_room_hears_nothing(demo: Server, b
         assert not any("ann" in line or "bob" in line for line in lines), lines
     finally:
         for person in (ann, bob, cat):
+            person.close()
+
+
+def test_the_page_shows_the_clock_before_joining_and_who_you_are_after(demo: Server, browser: Any) -> None:
+    ann = ChatPage(browser, f"{demo.url}/room/looks")
+    twin = ChatPage(browser, f"{demo.url}/room/looks")
+    try:
+        # The session opens with the page: the clock shows before anyone joins.
+        ann.page.wait_for_function(
+            "() => /^\\d\\d:\\d\\d:\\d\\d$/.test(document.querySelector('#clock').textContent)", polling=20)
+        assert ann.page.is_visible("#hint")
+        ann.join("ann")
+        assert ann.page.locator("#hint").count() == 0  # the hint goes once you have joined
+        ann.page.wait_for_selector("#members:has-text('ann (you)')")
+        ann.wait_for_line("notice", "you joined")
+        # The same nickname again: refused with a message, the form stays, another one works.
+        twin.page.fill("#nick", "ann")
+        twin.page.click("#join")
+        twin.page.wait_for_selector("#nick-error:not([hidden])")
+        assert "already taken" in twin.page.inner_text("#nick-error")
+        assert twin.page.is_visible("#nick-form") and twin.page.is_hidden("#send-form")
+        twin.join("bob")
+        ann.wait_for_line("notice", "bob joined")
+        ann.say("mine")
+        line = ann.page.locator("#messages li.message.mine", has_text="mine").first
+        assert line.locator(".nick").inner_text() == "ann"
+    finally:
+        for person in (ann, twin):
             person.close()

@@ -349,6 +349,32 @@ def test_after_close_a_client_learns_its_close_at_once_and_quietly() -> None:
     assert call(handler, sid=sid, query=NOW, path="/other").status == 503  # its close belongs to its own path
 
 
+def test_a_poll_while_the_close_waits_for_targets_gets_the_close_not_a_503() -> None:
+    # close() waits up to shutdown_timeout for the targets to return; before, a poll in
+    # that window got 503s (the final closes were known only after the wait), so a
+    # client retried and could end with 1006 instead of 1001.
+    release = threading.Event()
+
+    async def slow_to_finish(session: Session) -> None:
+        await session.wait_closed()
+        await asyncio.to_thread(release.wait, 10)
+
+    handler = make(slow_to_finish, shutdown_timeout=10)
+    sid = opened(call(handler))
+    closing = threading.Thread(target=handler.close)
+    closing.start()
+    try:
+        wait_until(lambda: call(handler).status == 503, what="opens to be refused once the close began")
+        poll = call(handler, sid=sid, query=[("ack", "0"), ("wait", "0")])
+        assert poll.status == 200, poll.body
+        assert body_of(poll)["closed"] == {"code": 1001, "reason": "server shutting down"}
+        assert closing.is_alive()  # the answer came during the wait, not after it
+    finally:
+        release.set()
+        closing.join(15)
+    assert not closing.is_alive()
+
+
 # -- logs name sessions by a tag, never by their id ---------------------------------
 
 def test_logs_carry_a_tag_not_the_session_id(caplog: pytest.LogCaptureFixture) -> None:

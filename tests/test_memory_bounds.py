@@ -39,7 +39,8 @@ def formula(*, max_message_size: int, max_body_size: int, inbox_limit: int, outb
     largest_fragment = 6 * max_message_size + 64
     outbox = max(max_outbox_bytes or max_body_size, largest_fragment) + 150 * outbox_limit
     inbox = max(max_inbox_bytes or max_body_size, max_message_size) + 120 * inbox_limit
-    return 30 * KIB + outbox + inbox
+    waiting = largest_fragment  # one send waiting for room (an echo target)
+    return 30 * KIB + outbox + waiting + inbox
 
 
 # Runs in the fresh interpreter; prints one JSON line with what it measured.

@@ -11,7 +11,8 @@ Timeline, per adapter: the victim session sends 60 dense 64 KiB messages and
 waits (its outbox holds about 4 MiB); four attacker threads each poll it with
 ``ack=0&wait=0`` on a keep-alive connection, in a loop bounded in count and
 in time; once every attacker has had an answer, a bystander session makes 30
-echo round trips (a push, then a poll that returns with the echo). Its p50
+echo round trips (a push, then a poll that returns with the echo; 30 more
+before the attack give the figure without it, for the report). Its p50
 must stay under 100 ms, and every attacker must have been answered during the
 bystander's round trips (the attack ran all along).
 """
@@ -42,7 +43,7 @@ P50_BOUND = 0.100  # seconds: the one timing bound, explicit in the brief of thi
 MESSAGE_SIZE = 64 * 1024
 VICTIM_MESSAGES = 60
 # The densest JSON: [{"":{}},{"":{}},...], 8 bytes per element, just under 64 KiB.
-DENSE = [{"": {}}] * ((MESSAGE_SIZE - 1) // 8)
+DENSE: list[dict[str, Any]] = [{"": {}}] * ((MESSAGE_SIZE - 1) // 8)
 
 pytestmark = pytest.mark.parametrize("adapter", ADAPTERS)
 
@@ -85,6 +86,16 @@ class Client:
         assert status == 200, (status, body[:200])
         return str(json.loads(body)["sid"])
 
+    def request_into(self, url: str, headers: dict[str, str], buffer: memoryview) -> tuple[int, int]:
+        """A GET whose answer is read into ``buffer`` (no new bytes; the socket reads release the GIL)."""
+        self.connection.request("GET", url, headers=headers)
+        response = self.connection.getresponse()
+        size = 0
+        while chunk := response.readinto(buffer[size:]):
+            size += chunk
+        assert response.read(1) == b"", "the answer is larger than the buffer"
+        return response.status, size
+
     def close(self) -> None:
         self.connection.close()
 
@@ -106,15 +117,16 @@ class Attacker(threading.Thread):
 
     def run(self) -> None:
         client = Client(self.base_url)
+        buffer = memoryview(bytearray(2 * VICTIM_MESSAGES * MESSAGE_SIZE))
         deadline = time.monotonic() + ATTACK_DEADLINE
         try:
             for _ in range(ATTACK_POLLS):
                 if self.stop.is_set() or time.monotonic() > deadline:
                     return
-                status, body = client.request("GET", "/poll?ack=0&wait=0", {"Pollsession-Id": self.sid})
-                assert status == 200, (status, body[:200])
+                status, size = client.request_into("/poll?ack=0&wait=0", {"Pollsession-Id": self.sid}, buffer)
+                assert status == 200, (status, bytes(buffer[:200]))
                 with self._lock:
-                    self.smallest = len(body) if not self.answers else min(self.smallest, len(body))
+                    self.smallest = size if not self.answers else min(self.smallest, size)
                     self.answers += 1
         except BaseException as error:  # reported by the test
             self.failure = error
@@ -157,16 +169,17 @@ def test_re_polling_a_full_outbox_does_not_stall_other_sessions(adapter: str, at
         outbox_size = len(answer)
         assert outbox_size > VICTIM_MESSAGES * MESSAGE_SIZE * 0.99  # about 3.75 MiB
 
+        bystander = Client(base)
+        sid = bystander.open()
+        quiet = [echo_round_trip(bystander, sid, seq) for seq in range(1, ROUND_TRIPS + 1)]
+
         attackers = [Attacker(base, victim, attack_stop) for _ in range(ATTACKERS)]
         for attacker in attackers:
             attacker.start()
         try:
             wait_until(lambda: all(a.count() > 0 or a.failure for a in attackers), TIMEOUT, "every attacker's first answer")
-            bystander = Client(base)
-            sid = bystander.open()
-            bystander.request("GET", "/poll?ack=0&wait=0", {"Pollsession-Id": sid})  # warm the connection
             at_start = [a.count() for a in attackers]
-            times = [echo_round_trip(bystander, sid, seq) for seq in range(1, ROUND_TRIPS + 1)]
+            times = [echo_round_trip(bystander, sid, seq) for seq in range(ROUND_TRIPS + 1, 2 * ROUND_TRIPS + 1)]
             during = [a.count() - start for a, start in zip(attackers, at_start)]
             bystander.close()
         finally:
@@ -180,7 +193,8 @@ def test_re_polling_a_full_outbox_does_not_stall_other_sessions(adapter: str, at
         assert not attacker.is_alive()
         assert attacker.smallest == outbox_size  # every answer carried the whole outbox
     p50 = statistics.median(times)
-    print(f"\n{adapter}: bystander echo p50 {p50 * 1000:.1f} ms, max {max(times) * 1000:.1f} ms, "
+    print(f"\n{adapter}: bystander echo p50 {p50 * 1000:.1f} ms, max {max(times) * 1000:.1f} ms "
+          f"(without the attack: p50 {statistics.median(quiet) * 1000:.1f} ms), "
           f"over {ROUND_TRIPS} round trips while {ATTACKERS} attackers were answered {during} times "
           f"({outbox_size / 2**20:.1f} MiB each)")
     assert all(n > 0 for n in during), f"an attacker was not answered during the round trips: {during}"

@@ -12,13 +12,17 @@ session. To serve the chat from your own server instead::
     app = make_flask_app(chat)     # or make_tornado_app(chat)
     chat.start()                   # the clock; chat.close() when the app stops
 
-Flask and Tornado are imported only when their builder is called.
+Flask and Tornado are imported only when their builder is called; when the
+one asked for is not installed, :class:`MissingFramework` says which extra
+to install.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
+import importlib.util
 import logging
 import signal
 import threading
@@ -35,10 +39,14 @@ if TYPE_CHECKING:
 __all__ = [
     "ADAPTERS",
     "Chat",
+    "MissingFramework",
     "NICK_REQUIRED",
+    "WILDCARD_HOSTS",
+    "base_url",
     "chat_page",
     "make_flask_app",
     "make_tornado_app",
+    "require_framework",
     "serve",
 ]
 
@@ -46,6 +54,28 @@ ADAPTERS = ("tornado", "flask")
 
 Ready = Callable[[str], None]
 """Told the base URL once the server listens."""
+
+_FRAMEWORKS = {"flask": "Flask", "tornado": "Tornado"}  # adapter (= extra, = module) -> project name
+
+
+class MissingFramework(ModuleNotFoundError):
+    """The web framework of the adapter asked for is not installed; the message says what to install."""
+
+
+def require_framework(adapter: str) -> None:
+    """Import ``adapter``'s framework, or raise :class:`MissingFramework` naming the extra to install."""
+    try:
+        importlib.import_module(adapter)
+    except ModuleNotFoundError as error:
+        if error.name != adapter:
+            raise  # the framework is there, something it needs is not
+        others = [name for name in _FRAMEWORKS if name != adapter and importlib.util.find_spec(name) is not None]
+        hint = f" (or use --adapter {others[0]}, which is installed)" if others else ""
+        raise MissingFramework(
+            f"the {adapter} adapter needs {_FRAMEWORKS[adapter]}, which is not installed: "
+            f"pip install 'pollsession[{adapter}]'{hint}",
+            name=adapter,
+        ) from None
 
 
 def chat_page() -> bytes:
@@ -55,6 +85,7 @@ def chat_page() -> bytes:
 
 def make_flask_app(chat: Chat) -> flask.Flask:
     """A Flask app serving ``chat``: ``/``, ``/room/<name>``, ``/poll``, ``/pollsession.js``."""
+    require_framework("flask")
     from flask import Flask, Response, abort, redirect
 
     # mypy cannot see pollsession.adapters: setup.cfg maps it from the top-level adapters/ directory.
@@ -80,6 +111,7 @@ def make_flask_app(chat: Chat) -> flask.Flask:
 
 def make_tornado_app(chat: Chat) -> tornado.web.Application:
     """A Tornado app serving ``chat``: ``/``, ``/room/<name>``, ``/poll``, ``/pollsession.js``."""
+    require_framework("tornado")
     import tornado.web
 
     from pollsession.adapters.tornado import client_script_route, route  # type: ignore[import-not-found]
@@ -104,10 +136,16 @@ def serve(adapter: str, chat: Chat, *, host: str = "127.0.0.1", port: int = 8000
     """Serve ``chat`` with ``adapter`` until SIGINT or SIGTERM, then close it; blocks.
 
     Call it from the main thread (it handles the signals). ``port`` 0 picks
-    a free port; ``ready`` is told the base URL once the server listens.
+    a free port; ``ready`` is told a URL a browser on this machine can open
+    once the server listens (``127.0.0.1`` when ``host`` is ``0.0.0.0``).
+    For Tornado, build the chat with ``Chat(use_running_loop=True)``: its
+    shutdown then answers every held poll before the loop ends. Raises
+    :class:`MissingFramework` when the adapter's framework is not installed.
     """
     if threading.current_thread() is not threading.main_thread():
         raise RuntimeError("serve() must be called from the main thread: it handles SIGINT and SIGTERM")
+    if adapter in _FRAMEWORKS:
+        require_framework(adapter)
     if adapter == "flask":
         _serve_flask(chat, host, port, ready)
     elif adapter == "tornado":
@@ -116,34 +154,57 @@ def serve(adapter: str, chat: Chat, *, host: str = "127.0.0.1", port: int = 8000
         raise ValueError(f"adapter must be one of {', '.join(ADAPTERS)}, got {adapter!r}")
 
 
-def _base_url(host: str, port: int) -> str:
+WILDCARD_HOSTS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
+"""Addresses that mean "every interface", and the loopback address a local browser opens instead."""
+
+
+def base_url(host: str, port: int) -> str:
+    """The URL a browser on this machine opens for a server listening on ``host``: never ``0.0.0.0``."""
+    host = WILDCARD_HOSTS.get(host, host)
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def _serve_flask(chat: Chat, host: str, port: int, ready: Ready | None) -> None:
-    from werkzeug.serving import make_server
+    from socketserver import ThreadingMixIn
+
+    from werkzeug.serving import WSGIRequestHandler, make_server
+
+    class RequestHandler(WSGIRequestHandler):
+        # Seconds a connection may stay silent (no head, a stalled body) before
+        # it is dropped; werkzeug has no limit. A held poll is not silence.
+        timeout = 30
 
     # One log line per long poll drowns everything else out.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = make_server(host, port, make_flask_app(chat), threaded=True)
+    server = make_server(host, port, make_flask_app(chat), threaded=True, request_handler=RequestHandler)
+    if isinstance(server, ThreadingMixIn):
+        # server_close() then waits for the request threads: the 1001 answers
+        # of the held polls are written before the process exits.
+        server.daemon_threads = False
 
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+    def close_then_shut_down() -> None:
+        chat.close()
+        server.shutdown()
+
+    def stop(signum: int, frame: object) -> None:
+        # The closing runs in a thread of its own while serve_forever goes on:
+        # held polls, and polls arriving meanwhile (a client between two
+        # polls), get the 1001 close; then shutdown() ends serve_forever.
+        # (Raising KeyboardInterrupt instead would make werkzeug close the
+        # listening socket first, and those polls would go unanswered.)
+        threading.Thread(target=close_then_shut_down, name="pollsession-demo-stop").start()
 
     # Set SIGINT too: a shell starts background jobs with SIGINT ignored.
-    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         chat.start()
         if ready is not None:
-            ready(_base_url(host, server.server_port))
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+            ready(base_url(host, server.server_port))
+        server.serve_forever()  # returns once stop() has closed the chat and shut the server down
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        # Held polls are answered with the 1001 close while the workers can still write it.
-        chat.close()
+        chat.close()  # idempotent; closes the chat if serving failed
         server.server_close()
 
 
@@ -151,9 +212,12 @@ def _serve_tornado(chat: Chat, host: str, port: int, ready: Ready | None) -> Non
     import tornado.httpserver
     import tornado.netutil
 
+    from pollsession.adapters.tornado import server_options
+
     async def main() -> None:
         sockets = tornado.netutil.bind_sockets(port, host)
-        server = tornado.httpserver.HTTPServer(make_tornado_app(chat))
+        # Idle and body timeouts: Tornado's own defaults are an hour and none.
+        server = tornado.httpserver.HTTPServer(make_tornado_app(chat), **server_options(chat.handler))
         server.add_sockets(sockets)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -165,21 +229,20 @@ def _serve_tornado(chat: Chat, host: str, port: int, ready: Ready | None) -> Non
         try:
             chat.start()
             if ready is not None:
-                ready(_base_url(host, sockets[0].getsockname()[1]))
+                ready(base_url(host, sockets[0].getsockname()[1]))
             await stop.wait()
         finally:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError):
                     loop.remove_signal_handler(signum)
+            # Close while Tornado still accepts and runs: held polls, and polls
+            # arriving meanwhile, are answered with the 1001 close. Then stop,
+            # and drop the idle keep-alive connections.
+            await chat.aclose()
             server.stop()
-            # close() blocks until every session is closed; Tornado's loop keeps
-            # running meanwhile, to write the 1001 answers of the held polls.
-            await loop.run_in_executor(None, chat.close)
             await server.close_all_connections()
 
     try:
-        asyncio.run(main())
+        asyncio.run(main())  # main() closes the chat, whatever ends it
     except KeyboardInterrupt:
         pass
-    finally:
-        chat.close()

@@ -2,10 +2,16 @@
 
 The conversation, every server message a JSON object with a ``type``:
 
-* server: ``{"type": "hello", "room": R, "time": "HH:MM:SS", "nick_timeout": S}`` at once;
-* client: its nickname, as a text message, within ``nick_timeout`` seconds; a
-  session that sends none (or sends something that is not a nickname) is
-  closed with 1008, "nickname required";
+* server: ``{"type": "hello", "room": R, "time": "HH:MM:SS", "nick_timeout": S}`` at once
+  (the page opens its session as it loads, so its clock runs before you join);
+* client: a nickname, as a text message; it must be accepted within
+  ``nick_timeout`` seconds of the open. A session that sends none in time, or
+  sends something that is not a nickname, is closed with 1008, "nickname required";
+* server, when the nickname is already used in the room (ignoring case):
+  ``{"type": "nick_taken", "nick": N, "message": "..."}``; the client may send
+  another one, within the same deadline;
+* server, to the newcomer only: ``{"type": "welcome", "nick": N, "members": [...]}``
+  (``N`` as the room shows it: whitespace collapsed, at most 32 characters);
 * server, to the room: ``{"type": "join", "nick": N, "members": [...]}``, the
   newcomer included;
 * client: a chat line, as a text message (other types are ignored);
@@ -17,7 +23,8 @@ The conversation, every server message a JSON object with a ``type``:
 The room is the ``room`` query parameter of the URL that opened the session
 (``/poll?room=lobby``). Everything here runs on the handler's loop, except
 :meth:`Chat.start` and :meth:`Chat.close`, which are called from the thread
-that runs the web server.
+that runs the web server (:meth:`Chat.aclose` from a loop, when the handler
+runs on that loop: ``use_running_loop``).
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from .._errors import SessionClosed
 from .._handler import HttpHandler
 from .._session import Session
 
-__all__ = ["Chat", "ROOM_NAME", "NICK_REQUIRED"]
+__all__ = ["Chat", "ROOM_NAME", "NICK_REQUIRED", "clean_nick"]
 
 logger = logging.getLogger("pollsession.demo")
 
@@ -88,6 +95,12 @@ class Chat:
             self._clock.cancel()
         self.handler.close()
 
+    async def aclose(self) -> None:
+        """:meth:`close` for async code (``HttpHandler.aclose``): on the handler's loop, or any other."""
+        if self._clock is not None:
+            self._clock.cancel()
+        await self.handler.aclose()
+
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(self.clock_interval)
@@ -100,6 +113,24 @@ class Chat:
         """The nicknames in ``room``, sorted; on the handler's loop only."""
         return sorted(self._members.get(room, {}).values(), key=str.casefold)
 
+    def _taken(self, room: str, nick: str) -> bool:
+        folded = nick.casefold()
+        return any(member.casefold() == folded for member in self._members.get(room, {}).values())
+
+    async def _nickname(self, session: Session, room: str) -> str | None:
+        """The first free nickname the client sends within the deadline, or None."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.nick_timeout
+        while True:
+            try:
+                nick = clean_nick(await session.receive(timeout=max(0.0, deadline - loop.time())))
+            except TimeoutError:
+                return None
+            if nick is None or not self._taken(room, nick):
+                return nick
+            await session.send({"type": "nick_taken", "nick": nick,
+                                "message": f'the nickname "{nick}" is taken in #{room}: choose another'})
+
     async def serve_session(self, session: Session) -> None:
         """The target of ``self.handler``: one chat member, from hello to leave."""
         room = session.request.query.get("room", "lobby")
@@ -108,18 +139,19 @@ class Chat:
             return
         await session.send({"type": "hello", "room": room, "time": wall_clock(), "nick_timeout": self.nick_timeout})
         try:
-            nick = clean_nick(await session.receive(timeout=self.nick_timeout))
-        except TimeoutError:
-            nick = None
+            nick = await self._nickname(session, room)
         except SessionClosed:
             return
         if nick is None:
             await session.close(1008, NICK_REQUIRED)
             return
 
+        # No await between the check in _nickname and here: two sessions
+        # cannot both take a free nickname.
         session.join(room)
         self._members.setdefault(room, {})[session.id] = nick
         try:
+            await session.send({"type": "welcome", "nick": nick, "members": self.members(room)})
             await self.handler.broadcast({"type": "join", "nick": nick, "members": self.members(room)}, room=room)
             async for data in session:
                 text = data.strip()[:MAX_TEXT] if isinstance(data, str) else ""
