@@ -73,6 +73,7 @@ try:
     import tornado.web
     from tornado.http1connection import HTTP1Connection
     from tornado.httputil import HTTPServerRequest
+    from tornado.log import access_log
 except ModuleNotFoundError as missing:
     raise ModuleNotFoundError(
         f"pollsession.adapters.tornado needs Tornado ({missing}); install it with: "
@@ -184,6 +185,7 @@ class SessionRequestHandler(tornado.web.RequestHandler):
         self._body = bytearray()
         self._answer: asyncio.Future[None] | None = None  # writing the answer
         self._answering: asyncio.Future[Any] | None = None  # the core making it
+        self._routine = False  # the answer is a routine 4xx (HttpResponse.routine)
 
     async def prepare(self) -> None:
         if (self.request.method or "").upper() not in _DISPATCHED:
@@ -227,12 +229,24 @@ class SessionRequestHandler(tornado.web.RequestHandler):
             self._answering = None
         self.clear_header("Content-Type")  # the core's answer says whether it has one
         self.set_status(answer.status)
+        self._routine = answer.routine
         for name, value in answer.headers:
             self.add_header(name, value)
         if not complete:
             # Tornado closes a connection whose request body it has not read; say so.
             self.set_header("Connection", "close")
         self.finish(answer.body or None)
+
+    def _log(self) -> None:
+        # Tornado's access log writes every 4xx as a WARNING. A routine one (a
+        # client told the close of its ended session: a closed tab's last poll)
+        # is logged at INFO, as a success is; an application's own
+        # log_function still sees every request.
+        if not self._routine or "log_function" in self.application.settings:
+            super()._log()
+            return
+        access_log.info("%d %s %s (%s) %.2fms", self.get_status(), self.request.method, self.request.uri,
+                        self.request.remote_ip, 1000.0 * self.request.request_time())
 
     def on_connection_close(self) -> None:
         if self._answering is not None:

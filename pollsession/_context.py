@@ -78,11 +78,17 @@ class HttpContext(abc.ABC):
 
 @dataclass(slots=True)
 class HttpResponse:
-    """A response value: the adapter writes status, headers and body as given."""
+    """A response value: the adapter writes status, headers and body as given.
+
+    ``routine`` marks a 4xx that is part of normal operation: a client told
+    the close of a session that ended (its unload ``DELETE`` raced its last
+    poll, say). Adapters log it as they log a success, not as a refusal.
+    """
 
     status: int
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytes = b""
+    routine: bool = False
 
 
 class Headers(Mapping[str, str]):

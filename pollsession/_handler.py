@@ -27,6 +27,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from ._config import Settings
@@ -105,6 +106,8 @@ def error_response(error: HttpError) -> HttpResponse:
         headers.append(("Allow", ALLOW))
     elif isinstance(error, UnknownSession) and error.closed is not None:
         document["closed"] = error.closed
+        # The session ended and the client learns how: nothing went wrong.
+        return replace(_json_response(error.status, document, headers), routine=True)
     return _json_response(error.status, document, headers)
 
 

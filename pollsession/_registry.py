@@ -297,6 +297,8 @@ class Registry:
         for sid, session in self._sessions.items():
             if session._close is not None:
                 final[sid] = (self._paths[sid], session._close)
+        # Until the handler answers without the loop, a poll still finds the close here.
+        self._ended.update(final)
         self._sessions.clear()
         self._paths.clear()
         self._client_keys.clear()

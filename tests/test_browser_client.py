@@ -12,7 +12,9 @@ the tests skip, except under CI (``CI`` set), where they fail.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -468,3 +470,41 @@ def test_gives_up_after_max_retries(adapter: str, page: Any) -> None:
         closed = close_event(page, index)
         assert (closed["code"], closed["wasClean"]) == (1006, False)
         assert "3 attempts" in closed["reason"]
+
+
+def test_closing_a_busy_tab_gets_no_refusal(adapter: str, page: Any, caplog: pytest.LogCaptureFixture) -> None:
+    # The session sends all the time, so the page always has a poll on its way; before,
+    # the poll that followed the pagehide DELETE got a 410, which Tornado's access log
+    # writes as a WARNING (werkzeug's, at INFO, shows the status too).
+    ended: list[int | None] = []
+
+    async def chatty(session: Session) -> None:
+        count = 0
+        while not session.closed:
+            count += 1
+            try:
+                await session.send(count)
+            except SessionClosed:
+                break
+            await asyncio.sleep(1 * MS)
+        ended.append(session.close_code)
+
+    with caplog.at_level(logging.INFO, logger="tornado.access"), caplog.at_level(logging.INFO, logger="werkzeug"):
+        with serving(adapter, chatty) as base:
+            for tab in range(1, TABS + 1):
+                busy = page.context.new_page()
+                busy.goto(f"{base}/harness.html")
+                index = busy.evaluate("(url) => startSession(url)", f"{base}/poll")
+                wait_js(busy, "(i) => messages(i).length >= 20", index)
+                busy.close()  # the tab closes: pagehide sends the DELETE
+                wait_until(lambda: len(ended) == tab, TIMEOUT, "the DELETE sent on pagehide")
+        # Nothing above INFO: werkzeug's access log is all INFO; Tornado's writes a 4xx as a WARNING.
+        refusals = [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
+        told = [record.getMessage() for record in caplog.records
+                if record.name == "tornado.access" and record.getMessage().startswith("410 ")]
+    assert ended == [1000] * TABS
+    assert not refusals, refusals
+    print(f"{adapter}: {len(told)} of {TABS} closed tabs had a poll answered 410 after their DELETE (logged at INFO)")
+
+
+TABS = 5

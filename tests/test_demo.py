@@ -32,9 +32,10 @@ NICK_TIMEOUT = 1000 * MS
 CLOCK_INTERVAL = 200 * MS
 
 
-def demo_args(adapter: str, port: int, *, clock_interval: float = CLOCK_INTERVAL) -> list[str]:
+def demo_args(adapter: str, port: int, *, clock_interval: float = CLOCK_INTERVAL,
+              nick_timeout: float = NICK_TIMEOUT) -> list[str]:
     return ["-m", "pollsession", "demo", "--adapter", adapter, "--port", str(port),
-            "--nick-timeout", f"{NICK_TIMEOUT:.3f}", "--clock-interval", f"{clock_interval:.3f}"]
+            "--nick-timeout", f"{nick_timeout:.3f}", "--clock-interval", f"{clock_interval:.3f}"]
 
 
 @pytest.fixture(scope="module", params=ADAPTERS)
@@ -42,6 +43,16 @@ def demo(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     port = free_port()
     logs = tmp_path_factory.mktemp(f"demo-{request.param}")
     with running(demo_args(request.param, port), logs, port=port) as server:
+        yield server
+
+
+@pytest.fixture(scope="module", params=ADAPTERS)
+def page_demo(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The demo for the browser tests: a page opens its session as it loads, and a person (or
+    a loaded test machine) may take longer than ``NICK_TIMEOUT`` to type a nickname."""
+    port = free_port()
+    logs = tmp_path_factory.mktemp(f"page-demo-{request.param}")
+    with running(demo_args(request.param, port, nick_timeout=60.0), logs, port=port) as server:
         yield server
 
 
@@ -93,6 +104,36 @@ def test_demo_help_lists_its_options() -> None:
     assert result.returncode == 0
     for option in ("--adapter", "--host", "--port", "--nick-timeout", "--clock-interval"):
         assert option in result.stdout
+
+
+def test_version_prints_the_version() -> None:
+    from pollsession import __version__
+
+    result = subprocess.run([sys.executable, "-m", "pollsession", "--version"], capture_output=True, text=True,
+                            timeout=TIMEOUT)
+    assert result.returncode == 0 and result.stdout.strip() == f"pollsession {__version__}"
+
+
+@pytest.mark.parametrize(("adapter", "other"), [("tornado", "flask"), ("flask", "tornado")])
+def test_a_missing_framework_names_the_extra_and_the_other_adapter(adapter: str, other: str) -> None:
+    # As if the framework were not installed: None in sys.modules fails its import.
+    code = (f"import sys; sys.modules[{adapter!r}] = None\n"
+            f"from pollsession.__main__ import main\nsys.exit(main(['demo', '--adapter', {adapter!r}]))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 1, result.stderr
+    assert f"pip install 'pollsession[{adapter}]'" in result.stderr
+    assert f"--adapter {other}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_listening_on_every_interface_prints_a_url_that_opens(tmp_path: Any) -> None:
+    port = free_port()
+    with running([*demo_args("tornado", port), "--host", "0.0.0.0"], tmp_path, port=port) as server:
+        lines = server.output().splitlines()
+        assert lines[0] == f"pollsession demo (tornado): open http://127.0.0.1:{port}/ in two browser tabs " \
+                           "(Ctrl-C to stop)"
+        assert "0.0.0.0" not in lines[0] and f"http://<this machine's address>:{port}/" in lines[1]
+        assert requests.get(f"http://127.0.0.1:{port}/", timeout=TIMEOUT).status_code == 200
 
 
 @pytest.mark.parametrize("adapter", ADAPTERS)
@@ -201,7 +242,8 @@ def test_a_bad_room_name_is_refused_with_1008(demo: Server) -> None:
 # -- the demo in a browser -----------------------------------------------------------
 
 
-def test_two_pages_in_a_room_chat_and_another_room_hears_nothing(demo: Server, browser: Any) -> None:
+def test_two_pages_in_a_room_chat_and_another_room_hears_nothing(page_demo: Server, browser: Any) -> None:
+    demo = page_demo
     ann = ChatPage(browser, f"{demo.url}/room/tea")
     bob = ChatPage(browser, f"{demo.url}/room/tea")
     cat = ChatPage(browser, f"{demo.url}/room/coffee")
@@ -231,7 +273,8 @@ def test_two_pages_in_a_room_chat_and_another_room_hears_nothing(demo: Server, b
             person.close()
 
 
-def test_the_page_shows_the_clock_before_joining_and_who_you_are_after(demo: Server, browser: Any) -> None:
+def test_the_page_shows_the_clock_before_joining_and_who_you_are_after(page_demo: Server, browser: Any) -> None:
+    demo = page_demo
     ann = ChatPage(browser, f"{demo.url}/room/looks")
     twin = ChatPage(browser, f"{demo.url}/room/looks")
     try:

@@ -375,6 +375,20 @@ def test_a_poll_while_the_close_waits_for_targets_gets_the_close_not_a_503() -> 
     assert not closing.is_alive()
 
 
+def test_telling_a_client_the_close_of_its_ended_session_is_routine() -> None:
+    handler = make(idle)
+    try:
+        sid = opened(call(handler))
+        assert call(handler, "DELETE", sid).status == 204
+        told = call(handler, sid=sid, query=NOW)  # the poll that raced the unload DELETE
+        assert told.status == 410 and body_of(told)["closed"]["code"] == 1000
+        assert told.routine  # adapters log it as a success
+        unknown = call(handler, sid="x" * 32, query=NOW)
+        assert unknown.status == 410 and not unknown.routine  # an id nobody knows stays a refusal
+    finally:
+        handler.close()
+
+
 # -- logs name sessions by a tag, never by their id ---------------------------------
 
 def test_logs_carry_a_tag_not_the_session_id(caplog: pytest.LogCaptureFixture) -> None:
