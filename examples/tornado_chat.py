@@ -16,7 +16,7 @@ import signal
 import tornado.web
 
 from pollsession import HttpHandler, Session
-from pollsession.adapters.tornado import client_script_route, route
+from pollsession.adapters.tornado import client_script_route, route, server_options
 
 
 async def chat(session: Session) -> None:
@@ -60,7 +60,7 @@ async def main() -> None:
         route(r"/poll", handler),  # the session endpoint
         client_script_route(r"/pollsession\.js"),  # the browser client
     ])
-    server = app.listen(port, "127.0.0.1")
+    server = app.listen(port, "127.0.0.1", **server_options(handler))  # idle and body timeouts
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, or a process manager's stop
         asyncio.get_running_loop().add_signal_handler(signum, stop.set)
