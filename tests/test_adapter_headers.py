@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-import requests
 
 from pollsession import HttpHandler, Session
+from tests.test_adapter_bodies import open_session
 from tests.utils import ADAPTERS, RawConnection, serve
 
 
@@ -26,14 +26,6 @@ def base(request: pytest.FixtureRequest) -> Iterator[str]:
     handler = HttpHandler(record, shutdown_timeout=1)
     with serve(request.param, handler) as url:
         yield url
-
-
-def open_session(base: str) -> str:
-    with requests.Session() as client:
-        client.trust_env = False
-        response = client.get(base + "/poll", timeout=10)
-    assert response.status_code == 200, response.text
-    return str(response.json()["sid"])
 
 
 @pytest.mark.parametrize("padding", [" ", "\t", " \t "], ids=["space", "tab", "mixed"])
