@@ -64,6 +64,7 @@ holds one connection for its poll and sometimes one for a POST.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Iterable
 from http.client import responses
 from typing import Any
@@ -276,17 +277,19 @@ class SessionRequestHandler(tornado.web.RequestHandler):
         return None
 
 
+@functools.cache
+def _client_script() -> bytes:
+    """The browser client's bytes, read once."""
+    return client_script_path().read_bytes()
+
+
 class ClientScriptHandler(tornado.web.RequestHandler):
     """Serves the browser client, ``pollsession.js``."""
 
-    _script: bytes | None = None
-
     def get(self) -> None:
-        if ClientScriptHandler._script is None:
-            ClientScriptHandler._script = client_script_path().read_bytes()
         self.set_header("Content-Type", "text/javascript; charset=utf-8")
         self.set_header("Cache-Control", "max-age=3600")
-        self.finish(ClientScriptHandler._script)
+        self.finish(_client_script())
 
 
 def route(pattern: str, handler: HttpHandler) -> tuple[str, type[SessionRequestHandler], dict[str, Any]]:

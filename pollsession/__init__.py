@@ -11,8 +11,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from ._context import Headers, HttpContext, HttpResponse, RequestInfo
-from ._errors import (
+from .protocol.errors import (
     BadRequest,
     Forbidden,
     HttpError,
@@ -21,16 +20,18 @@ from ._errors import (
     MethodNotAllowed,
     PayloadTooLarge,
     PollsessionError,
+    ProtocolError,
     ServiceUnavailable,
     SessionClosed,
     Unauthorized,
     UnknownSession,
     UnsupportedMediaType,
 )
-from ._handler import AuthHook, HttpHandler, error_response
-from ._messages import Message, MessageType
-from ._session import Session
-from ._session_handler import Decode, SessionHandler
+from .protocol.http import Headers, HttpContext, HttpResponse, RequestInfo
+from .protocol.messages import Message, MessageType
+from .server.handler import AuthHook, HttpHandler, error_response
+from .server.session import Session
+from .server.session_handler import Decode, SessionHandler
 
 __all__ = [
     "AuthHook",
@@ -48,6 +49,7 @@ __all__ = [
     "MethodNotAllowed",
     "PayloadTooLarge",
     "PollsessionError",
+    "ProtocolError",
     "RequestInfo",
     "ServiceUnavailable",
     "Session",

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from pollsession import BadRequest, MessageType, PayloadTooLarge
-from pollsession._boxes import Inbox, Outbox
-from pollsession._messages import Packed, encode_outgoing
+from pollsession.protocol.boxes import Inbox, Outbox
+from pollsession.protocol.messages import Packed, encode_outgoing
 
 
 def fragment(data: str) -> bytes:

@@ -1,6 +1,6 @@
 """Broadcast and ``send_to`` over real HTTP, on every adapter.
 
-The rule under test (``pollsession._rooms``): a broadcast is appended to every
+The rule under test (``pollsession.server.rooms``): a broadcast is appended to every
 member's outbox in one step, so every member receives every broadcast exactly
 once and in the same order as every other member, whichever thread (or the
 loop) broadcast it; a member whose outbox is full is closed with 1008 "too slow
@@ -332,8 +332,8 @@ def add_notify_route(adapter: str, handler: HttpHandler) -> Callable[[Any], None
 
 
 async def _waiting_senders(handler: HttpHandler, sid: str) -> int:
-    session = handler._registry.get(sid)
-    return len(session._room_waiters) if session is not None else -1
+    channel = handler._registry.channel(sid)
+    return channel.senders_waiting() if channel is not None else -1
 
 
 @parametrize_adapters

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -129,13 +130,15 @@ SEND_EVERY_TYPE = """(url) => {
     s.send(new DataView(backing.buffer, 4, 2));
     s.send(new Blob([new Uint8Array([250, 251])]));
     s.send({a: [1, 2.5, null, true, "x"], "ü": "𝄞"});
+    // What the protocol cannot carry is refused, and queues nothing (no seq is used up).
+    const refused = ["a\\ud800b", {s: "\\udfff"}, {["\\ud800"]: 1}, [NaN], {x: Infinity}].map((bad) => {
+        try { s.send(bad); return "sent"; } catch (e) { return e.name; }
+    });
     s.send(42);
     s.send(null);
     s.send([]);
-    s.send("a\\ud800b");
-    s.send({s: "\\udfff"});
     backing.fill(0);  // the client copied the data at send()
-    return {index: i, state: s.readyState, buffered: s.bufferedAmount};
+    return {index: i, state: s.readyState, buffered: s.bufferedAmount, refused};
 }"""
 
 EXPECTED_ECHOES = [
@@ -151,13 +154,11 @@ EXPECTED_ECHOES = [
     {"kind": "json", "value": 42},
     {"kind": "json", "value": None},
     {"kind": "json", "value": []},
-    {"kind": "text", "value": "a\ufffdb"},
-    {"kind": "json", "value": {"s": "\ufffd"}},
 ]
 
 EXPECTED_RECEIVED = [
     "hello", "héllo ✓ 𝄞", "", bytes(range(256)), b"\x01\x02\x03", b"\x05\x06", b"\xfa\xfb",
-    {"a": [1, 2.5, None, True, "x"], "ü": "𝄞"}, 42, None, [], "a\ufffdb", {"s": "\ufffd"},
+    {"a": [1, 2.5, None, True, "x"], "ü": "𝄞"}, 42, None, [],
 ]  # fmt: skip
 
 
@@ -177,7 +178,8 @@ def test_classic_script_opens_and_echoes_every_type_in_order(adapter: str, page:
         started = page.evaluate(SEND_EVERY_TYPE, f"{base}/poll")
         index = started["index"]
         assert started["state"] == 0  # CONNECTING, and the sends were queued
-        assert started["buffered"] == 5 + 15 + 0 + 256 + 3 + 2 + 2 + 39 + 2 + 4 + 2 + 5 + 11  # UTF-8 bytes
+        assert started["refused"] == ["TypeError"] * 5  # lone surrogates (text, json value, key), NaN, Infinity
+        assert started["buffered"] == 5 + 15 + 0 + 256 + 3 + 2 + 2 + 39 + 2 + 4 + 2  # UTF-8 bytes
 
         wait_js(page, "([i, n]) => messages(i).length >= n && runs[i].pendingBlobs === 0",
                 [index, len(EXPECTED_ECHOES)])
@@ -459,6 +461,82 @@ def test_limits_batching_and_close_while_connecting(adapter: str, page: Any) -> 
         wait_js(page, "(i) => messages(i).length >= 31", batched)
         assert [m["value"] for m in messages(page, batched)] == ["welcome", *(str(n).rjust(90, "-") for n in range(30))]
         assert len(post_sizes) >= 3 and max(post_sizes) <= 1000, post_sizes
+
+
+# What the route answers in place of the server, per session (named by its X-Case
+# header) and request: (status, body); a bad 200 answer only the first `times` times.
+BAD_POLL_ANSWERS = ["not json", '{"messages": [{"seq": 2, "type": "text", "data": "\\ud800"}], "closed": null}']
+REFUSALS = {
+    ("v2", "open"): (200, '{"version": 2, "sid": "x", "messages": [], "closed": null}'),
+    ("413", "push"): (413, '{"error": "body_too_large", "message": "too big here"}'),
+    ("400", "push"): (400, '{"error": "bad_seq", "message": "no"}'),
+    ("410", "poll"): (410, '{"error": "session_ended", "message": "ended", '
+                           '"closed": {"code": 4003, "reason": "gone away"}}'),
+    ("malformed-always", "poll"): (200, '{"messages": [{"seq": 2, "type": "binary", "data": "AAF="}], "closed": null}'),
+    ("ack-above", "push"): (200, '{"ack": 99}'),
+}
+
+
+def test_refusals_and_malformed_answers_end_to_end(adapter: str, page: Any) -> None:
+    # Timeline per session: "v2" gets a version 2 open answer (1002 at once);
+    # "413" and "400" have their first POST refused (1009 with the server's
+    # message, 1006); "410" has its first poll answered 410 with the close;
+    # "malformed" gets two malformed poll answers, retried like network errors,
+    # then the real ones; "malformed-always" only malformed ones, and
+    # "ack-above" POST answers acknowledging more than was sent (1006 once the
+    # single retry is spent).
+    bad_polls = {"count": 0}
+
+    def answer(route: Any) -> None:
+        request = route.request
+        case = request.headers.get("x-case")
+        query = urllib.parse.urlsplit(request.url).query
+        kind = {"POST": "push", "DELETE": "delete"}.get(request.method, "poll" if query else "open")
+        if case == "malformed" and kind == "poll" and bad_polls["count"] < len(BAD_POLL_ANSWERS):
+            route.fetch()  # the server sent its answer; the client sees a broken one
+            bad_polls["count"] += 1
+            route.fulfill(status=200, content_type="application/json", body=BAD_POLL_ANSWERS[bad_polls["count"] - 1])
+        elif (case, kind) in REFUSALS:
+            status, body = REFUSALS[case, kind]
+            route.fulfill(status=status, content_type="application/json", body=body)
+        else:
+            route.fallback()
+
+    app = EchoApp()
+    with serving(adapter, app, poll_timeout=1.0) as base:
+        page.goto(f"{base}/harness.html")
+        page.route(lambda url: urllib.parse.urlsplit(url).path == "/poll", answer)
+        ids = page.evaluate("""([url, cases]) => cases.map((name) => {
+            const maxRetries = name === "malformed-always" || name === "ack-above" ? 1 : 8;
+            const i = startSession(url, {headers: {"X-Case": name}, maxRetries,
+                                         retryBaseDelay: 0.05, retryMaxDelay: 0.2});
+            session(i).send("ping");
+            return i;
+        })""", [f"{base}/poll", ["v2", "413", "400", "410", "malformed", "malformed-always", "ack-above"]])
+        v2, too_large, refused, gone, malformed, always, ack_above = ids
+
+        def closed(index: int) -> tuple[int, str, bool, int]:
+            event = close_event(page, index)
+            return event["code"], event["reason"], event["wasClean"], page.evaluate("(i) => countOf(i, 'error')", index)
+
+        code, _, clean, errors = closed(v2)
+        assert (code, clean, errors) == (1002, False, 1)
+        assert page.evaluate("(i) => events(i).map((e) => e.type)", v2) == ["error", "close"]
+        assert closed(too_large) == (1009, "too big here", False, 1)
+        code, _, clean, errors = closed(refused)
+        assert (code, clean, errors) == (1006, False, 1)
+        assert closed(gone) == (4003, "gone away", True, 0)
+        code, reason, clean, errors = closed(always)
+        assert (code, clean, errors) == (1006, False, 1) and "polling failed" in reason and "2 times" in reason, reason
+        code, reason, clean, errors = closed(ack_above)
+        assert (code, clean, errors) == (1006, False, 1) and "sending failed" in reason and "2 times" in reason, reason
+
+        wait_js(page, "(i) => messages(i).length >= 2", malformed)
+        assert messages(page, malformed) == [{"kind": "text", "value": "welcome"}, {"kind": "text", "value": "ping"}]
+        assert bad_polls["count"] == len(BAD_POLL_ANSWERS)
+        assert page.evaluate("(i) => [session(i).readyState, countOf(i, 'error')]", malformed) == [1, 0]
+        page.evaluate("(i) => session(i).close()", malformed)
+        assert close_event(page, malformed)["code"] == 1000
 
 
 def test_gives_up_after_max_retries(adapter: str, page: Any) -> None:

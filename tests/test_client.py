@@ -9,6 +9,8 @@ queue, and tests wait on those queues (or on the client) with deadlines.
 from __future__ import annotations
 
 import asyncio
+import email.utils
+import json
 import queue
 import threading
 import time
@@ -18,8 +20,9 @@ from typing import Any
 import pytest
 import requests
 
-from pollsession import HttpHandler, MessageTooLarge, Session, SessionClosed, Unauthorized
+from pollsession import HttpHandler, MessageTooLarge, ProtocolError, Session, SessionClosed, Unauthorized
 from pollsession.client import Client
+from pollsession.protocol.wire import POLL_MARGIN
 from tests.fault_proxy import FaultPlan, FaultProxy
 from tests.utils import ADAPTERS, MS, serve, wait_until
 
@@ -53,6 +56,20 @@ def make_handler(target: Callable[[Session], Any], **settings: Any) -> HttpHandl
 async def echo(session: Session) -> None:
     async for data in session:
         await session.send(data)
+
+
+def rewrite_open_answer(http: requests.Session, change: Callable[[dict[str, Any]], None]) -> None:
+    """Make ``http`` change every opening answer's JSON (what a misconfigured proxy in front of the server might do)."""
+
+    def hook(response: requests.Response, *args: Any, **kwargs: Any) -> requests.Response:
+        if response.request.method == "GET" and "Pollsession-Id" not in response.request.headers \
+                and response.status_code == 200:
+            document = response.json()
+            change(document)
+            response._content = json.dumps(document).encode()
+        return response
+
+    http.hooks["response"].append(hook)
 
 
 def take(events: queue.Queue[Any], what: str) -> Any:
@@ -289,7 +306,7 @@ def test_a_coroutine_that_does_not_read_yet_gets_everything_later(adapter: str) 
         async for data in session:
             got.put(data)
 
-    # retry_after=0 keeps the test short; the client floors it at retry_base_delay.
+    # retry_after=0 keeps the test short; the client waits at least the backoff of consecutive 429s.
     handler = make_handler(slow_reader, inbox_limit=4, retry_after=0)
     count = 40
     with serve(adapter, handler) as base, FaultProxy(base) as proxy:
@@ -336,8 +353,123 @@ def test_limits_are_checked_when_sending(adapter: str) -> None:
                 client.send("\x00" * 60)  # 60 bytes, but six times that once escaped
             with pytest.raises(ValueError):
                 client.send(float("nan"))
+            # A lone surrogate is refused, never replaced: changing the data silently is a loss.
+            for bad in ("lone \ud800", {"k": ["ok", "\udfff"]}, {"\ud800": 1}):
+                with pytest.raises(ValueError):
+                    client.send(bad)
             client.send("x" * 100)
+            # Nothing refused was queued: the first message the server echoes is the good one.
             assert client.receive(timeout=5000 * MS) == "x" * 100
+            client.flush(timeout=5000 * MS)
+            with pytest.raises(TimeoutError):
+                client.receive(timeout=50 * MS)
+
+
+def test_a_413_closes_the_session_with_1009_and_the_servers_message(adapter: str) -> None:
+    # The server takes bodies of up to 300 bytes, but its open answer is rewritten to claim more,
+    # so the client sends a body the server refuses with 413: retrying cannot help, the session ends.
+    codes: queue.Queue[Any] = queue.Queue()
+
+    async def watch(session: Session) -> None:
+        async for data in session:
+            await session.send(data)
+        codes.put(session.close_code)
+
+    http = requests.Session()
+    rewrite_open_answer(http, lambda document: document.update(max_message_size=1 << 20, max_body_size=1 << 20))
+    with serve(adapter, make_handler(watch, max_message_size=100, max_body_size=300)) as base:
+        with Client(base + "/poll", session=http) as client:
+            client.send("small")
+            assert client.receive(timeout=5000 * MS) == "small"
+            client.send("x" * 1000)
+            with pytest.raises(SessionClosed) as caught:
+                client.receive(timeout=5000 * MS)
+            assert caught.value.code == 1009
+            assert "exceeds max_body_size" in caught.value.reason and "300" in caught.value.reason
+            assert (client.close_code, client.close_reason) == (1009, caught.value.reason)
+        assert take(codes, "the coroutine to see the DELETE") == 1000  # the client told the server
+    http.close()
+
+
+def test_an_open_answer_of_another_version_raises_at_once(adapter: str) -> None:
+    http = requests.Session()
+    rewrite_open_answer(http, lambda document: document.update(version=2))
+    with serve(adapter, make_handler(echo)) as base:
+        started = time.monotonic()
+        with pytest.raises(ProtocolError, match="version 2"):
+            Client(base + "/poll", session=http, retry_base_delay=1.0, retry_max_delay=1.0)
+        assert time.monotonic() - started < 1.0  # not retried
+    http.close()
+
+
+def test_a_malformed_open_answer_is_retried_until_the_budget_is_spent(adapter: str) -> None:
+    http = requests.Session()
+    rewrite_open_answer(http, lambda document: document.update(messages={"not": "a list"}))
+    with serve(adapter, make_handler(echo)) as base, FaultProxy(base) as proxy:
+        with pytest.raises(ProtocolError, match="unreadable open answer"):
+            Client(proxy.url + "/poll", session=http, max_retries=2, **FAST_RETRIES)
+        assert proxy.count("status_200", "GET") == 3
+    http.close()
+
+
+def test_a_retry_after_date_is_honoured() -> None:
+    # Timeline: one session fills the target (max_sessions=1). The second client's open meets
+    # 503, whose Retry-After (0 s from the server) is rewritten into an HTTP date 2 s ahead;
+    # the first client closes at once. The second must not ask again before the date, which,
+    # with a date's whole seconds, lies more than 1 s after the 503.
+    answers: list[tuple[float, int]] = []
+    lock = threading.Lock()
+
+    def to_date(response: requests.Response, *args: Any, **kwargs: Any) -> requests.Response:
+        if response.status_code == 503:
+            response.headers["Retry-After"] = email.utils.formatdate(time.time() + 2, usegmt=True)
+        with lock:
+            answers.append((time.monotonic(), response.status_code))
+        return response
+
+    http = requests.Session()
+    http.hooks["response"].append(to_date)
+    with serve("tornado", make_handler(echo, max_sessions=1, retry_after=0)) as base:
+        first = Client(base + "/poll")
+        second = Client(base + "/poll", session=http, open=False, **FAST_RETRIES)
+        opening = threading.Thread(target=second.open, name="test-opening")
+        opening.start()
+        try:
+            wait_until(lambda: answers, what="the 503")
+            first.close()
+            opening.join(10_000 * MS)
+            assert not opening.is_alive()
+            second.send("through")
+            assert second.receive(timeout=5000 * MS) == "through"
+        finally:
+            first.close()
+            second.close()
+    http.close()
+    (refused_at, refused), (opened_at, opened) = answers[0], answers[1]
+    assert (refused, opened) == (503, 200)
+    assert opened_at - refused_at > 1.0
+
+
+def test_a_long_poll_waits_its_hold_plus_the_margin(adapter: str) -> None:
+    timeouts: list[tuple[str, Any, Any]] = []
+
+    class Recording(requests.Session):
+        def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
+            timeouts.append((str(method), kwargs.get("params"), kwargs.get("timeout")))
+            assert isinstance(method, str)
+            return super().request(method, url, *args, **kwargs)
+
+    http = Recording()
+    with serve(adapter, make_handler(echo)) as base:
+        with Client(base + "/poll", session=http, request_timeout=0.5, poll_wait=1.0) as client:
+            client.send("x")
+            assert client.receive(timeout=5000 * MS) == "x"
+    http.close()
+    assert timeouts[0] == ("GET", None, (0.5, 0.5))  # the open
+    polls = [timeout for method, params, timeout in timeouts if method == "GET" and params and "wait" in params
+             and params["wait"] == "1"]
+    assert polls and set(polls) == {(0.5, 1.0 + POLL_MARGIN)}
+    assert ("POST", None, (0.5, 0.5)) in timeouts
 
 
 def test_receive_times_out_with_the_builtin_timeout_error(adapter: str) -> None:

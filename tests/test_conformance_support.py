@@ -285,11 +285,9 @@ class ConformanceServer:
 
     def held_poll(self, sid: str) -> object | None:
         """The poll the server holds for ``sid`` right now, or None (white-box, see module doc)."""
-        session = self.probe(sid).session
-
         async def peek() -> object | None:
-            poll = session._poll
-            return poll if poll is not None and not poll.done() else None
+            channel = self.handler._registry.channel(sid)
+            return channel.delivery.held_poll or None if channel is not None else None
 
         return self.handler.submit(peek()).result(TIMEOUT)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
-from pollsession._expiry import ExpiryQueue
+from pollsession.protocol.expiry import ExpiryQueue
 
 
 def test_expires_in_least_recently_active_order() -> None:

@@ -139,8 +139,8 @@ def test_a_held_poll_keeps_its_session_alive(clock: FakeClock) -> None:
 
 
 async def _holds_poll(handler: HttpHandler, sid: str) -> bool:
-    session = handler._registry.get(sid)
-    return session is not None and session._holds_poll
+    channel = handler._registry.channel(sid)
+    return channel is not None and channel.delivery.holds_poll
 
 
 def test_auth_hook_sees_the_request_and_attaches_an_identity() -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from pollsession import HttpHandler, RequestInfo, Session
-from pollsession._limits import ClientLimits
+from pollsession.protocol.limits import ClientLimits
 from tests.fakes import FakeClock, FakeContext, body_of, call
 from tests.utils import MS, wait_until
 
@@ -289,7 +289,7 @@ def test_polls_past_max_held_polls_are_answered_at_once(caplog: pytest.LogCaptur
         results: list[int] = []
         thread = threading.Thread(target=lambda: results.append(call(handler, sid=holder).status), daemon=True)
         thread.start()
-        wait_until(lambda: (s := handler.get_session(holder)) is not None and s._holds_poll, what="a held poll")
+        wait_until(lambda: handler.submit(_holds_poll(handler, holder)).result(), what="a held poll")
         with caplog.at_level(logging.WARNING, logger="pollsession"):
             for _ in range(3):
                 answer = call(handler, sid=other)  # would hold 30 s: answered at once instead
@@ -400,5 +400,10 @@ def test_logs_carry_a_tag_not_the_session_id(caplog: pytest.LogCaptureFixture) -
         wait_until(lambda: any("raised" in r.getMessage() for r in caplog.records), what="the error log")
     text = "\n".join(record.getMessage() for record in caplog.records)
     assert sid[:6] not in text
-    from pollsession._session import session_tag
+    from pollsession.server.session import session_tag
     assert session_tag(sid) in text and len(session_tag(sid)) == 10
+
+
+async def _holds_poll(handler: HttpHandler, sid: str) -> bool:
+    channel = handler._registry.channel(sid)
+    return channel is not None and channel.delivery.holds_poll

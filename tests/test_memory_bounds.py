@@ -127,9 +127,9 @@ MEASURE = textwrap.dedent("""
     after = rss()
 
     async def held():
-        found = [handler.get_session(sid) for sid in sids]
-        return (sum(s._outbox.nbytes for s in found), sum(s._inbox.nbytes for s in found),
-                [len(s._outbox) for s in found])
+        found = [handler._registry.channel(sid).delivery for sid in sids]
+        return (sum(d.outbox_bytes for d in found), sum(d.inbox_bytes for d in found),
+                [d.unacknowledged for d in found])
 
     outbox_bytes, inbox_bytes, outbox_counts = handler.submit(held()).result()
     print(json.dumps({"before": before, "after": after, "acks": acks, "outbox_bytes": outbox_bytes,

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from pollsession import BadRequest, MessageTooLarge, MessageType
-from pollsession._messages import encode_outgoing, parse_batch, parse_json
+from pollsession.protocol.messages import encode_outgoing, parse_batch, parse_json
 
 
 def batch(*items: dict[str, object]) -> bytes:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pollsession._origins import OriginPolicy
+from pollsession.protocol.origins import OriginPolicy
 
 
 @pytest.mark.parametrize(("origin", "scheme", "host", "same"), [

@@ -21,8 +21,8 @@ def test_every_module_declares_all() -> None:
 
 
 def test_private_exceptions_and_core_classes_are_reexported() -> None:
-    from pollsession._errors import __all__ as errors
-    from pollsession._handler import HttpHandler
+    from pollsession.protocol.errors import __all__ as errors
+    from pollsession.server.handler import HttpHandler
 
     assert set(errors) <= set(pollsession.__all__)
     assert pollsession.HttpHandler is HttpHandler
@@ -33,7 +33,7 @@ def test_the_core_imports_no_web_framework() -> None:
     import sys
 
     code = (
-        "import sys, pollsession, pollsession._handler, pollsession._registry;"
+        "import sys, pollsession, pollsession.server.handler, pollsession.server.registry;"
         "print(sorted(m for m in ('flask', 'tornado', 'werkzeug') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -1,4 +1,4 @@
-"""A session's delivery state driven by plain calls on a private event loop."""
+"""A session's asyncio layer (``Session`` over its ``Channel``) driven by plain calls on a private event loop."""
 
 from __future__ import annotations
 
@@ -10,20 +10,39 @@ from typing import Any
 import pytest
 
 from pollsession import BadRequest, PayloadTooLarge, Session, SessionClosed
-from pollsession._context import Headers, RequestInfo
+from pollsession.protocol.http import Headers, RequestInfo
 from pollsession import MessageType
-from pollsession._messages import Packed
+from pollsession.protocol.delivery import Delivery
+from pollsession.protocol.messages import Packed
+from pollsession.server.channel import Channel
+from pollsession.server.rooms import Rooms
 
 REQUEST = RequestInfo("GET", "/poll", "http", Headers(), {}, None)
 
 
 def run(body: Callable[[Session], Awaitable[Any]], **limits: int) -> Any:
     async def main() -> Any:
-        session = Session("sid", REQUEST, inbox_limit=limits.get("inbox", 4), outbox_limit=limits.get("outbox", 2),
-                          max_message_size=1000)
+        delivery = Delivery(inbox_limit=limits.get("inbox", 4), outbox_limit=limits.get("outbox", 2),
+                            max_message_size=1000, max_inbox_bytes=1 << 20, max_outbox_bytes=1 << 20)
+        server_side = Channel("sid", delivery, Rooms())
+        session = Session(server_side, REQUEST, max_message_size=1000)
+        _CHANNELS[id(session)] = server_side
         return await body(session)
 
     return asyncio.run(main())
+
+
+_CHANNELS: dict[int, Channel] = {}
+
+
+def channel(session: Session) -> Channel:
+    """The server's side of ``session``, which the registry drives."""
+    return _CHANNELS[id(session)]
+
+
+def accept(session: Session, batch: list[tuple[int, Packed]]) -> tuple[int, bool]:
+    accepted = channel(session).accept(batch)
+    return accepted.ack, accepted.complete
 
 
 def msg(seq: int, value: Any) -> tuple[int, Packed]:
@@ -34,7 +53,7 @@ def msg(seq: int, value: Any) -> tuple[int, Packed]:
 
 def pending(session: Session) -> list[dict[str, Any]]:
     """The unacknowledged messages a poll answer would carry, decoded."""
-    messages: list[dict[str, Any]] = json.loads(b"".join([b"{", *session._answer_fields(), b"}"]))["messages"]
+    messages: list[dict[str, Any]] = json.loads(b"".join(channel(session).answer()))["messages"]
     return messages
 
 
@@ -46,10 +65,10 @@ def test_send_waits_for_acks_and_keeps_fifo_order() -> None:
         fourth = asyncio.ensure_future(session.send("4"))
         await asyncio.sleep(0)
         assert not third.done() and not fourth.done()  # the outbox is full: backpressure
-        session._acknowledge(1)
+        channel(session).acknowledge(1)
         await third
         assert not fourth.done()
-        session._acknowledge(3)
+        channel(session).acknowledge(3)
         await fourth
         return [m["data"] for m in pending(session)]
 
@@ -63,7 +82,7 @@ def test_a_cancelled_sender_gives_its_room_to_the_next() -> None:
         cancelled = asyncio.ensure_future(session.send("lost"))
         waiting = asyncio.ensure_future(session.send("3"))
         await asyncio.sleep(0)
-        session._acknowledge(1)  # room goes to "lost" first...
+        channel(session).acknowledge(1)  # room goes to "lost" first...
         cancelled.cancel()  # ...which gives it up before running
         await waiting
         return [m["data"] for m in pending(session)]
@@ -78,7 +97,7 @@ def test_close_wakes_waiting_senders_and_readers() -> None:
         sender = asyncio.ensure_future(session.send("3"))
         reader = asyncio.ensure_future(session.receive())
         await asyncio.sleep(0)
-        session._end(1001, "bye")
+        channel(session).end(1001, "bye")
         with pytest.raises(SessionClosed) as sent:
             await sender
         with pytest.raises(SessionClosed) as read:
@@ -90,12 +109,12 @@ def test_close_wakes_waiting_senders_and_readers() -> None:
 
 def test_inbox_takes_what_fits_and_reads_survive_the_close() -> None:
     async def body(session: Session) -> list[Any]:
-        ack, complete = session._accept([msg(1, "a"), msg(2, "b"), msg(3, "c")])
+        ack, complete = accept(session, [msg(1, "a"), msg(2, "b"), msg(3, "c")])
         assert (ack, complete) == (2, False)
-        assert session._accept([msg(2, "b"), msg(3, "c")]) == (2, False)
+        assert accept(session, [msg(2, "b"), msg(3, "c")]) == (2, False)
         assert await session.receive() == "a"
-        assert session._accept([msg(3, "c")]) == (3, True)
-        session._end(1000, "")
+        assert accept(session, [msg(3, "c")]) == (3, True)
+        channel(session).end(1000, "")
         received = [await session.receive(), await session.receive()]
         with pytest.raises(SessionClosed):
             await session.receive()
@@ -108,11 +127,11 @@ def test_gap_wins_over_size_and_repeats_are_not_sized() -> None:
     async def body(session: Session) -> None:
         big = msg(1, "x" * 1001)[1]
         with pytest.raises(BadRequest):
-            session._accept([(2, big)])
+            accept(session, [(2, big)])
         with pytest.raises(PayloadTooLarge):
-            session._accept([(1, big)])
-        assert session._accept([msg(1, "a")]) == (1, True)
-        assert session._accept([(1, big), msg(2, "b")]) == (2, True)  # seq 1 is a repeat: ignored
+            accept(session, [(1, big)])
+        assert accept(session, [msg(1, "a")]) == (1, True)
+        assert accept(session, [(1, big), msg(2, "b")]) == (2, True)  # seq 1 is a repeat: ignored
 
     run(body)
 
@@ -121,7 +140,7 @@ def test_receive_timeout_keeps_the_late_message() -> None:
     async def body(session: Session) -> Any:
         with pytest.raises(asyncio.TimeoutError):
             await session.receive(timeout=0)
-        session._accept([msg(1, {"late": True})])
+        accept(session, [msg(1, {"late": True})])
         return await session.receive(timeout=0)
 
     assert run(body) == {"late": True}

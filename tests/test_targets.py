@@ -220,8 +220,8 @@ def running(target: Any, adapter: str, **settings: Any) -> Iterator[tuple[HttpHa
 
 
 async def _holds_poll(handler: HttpHandler, sid: str) -> bool:
-    session = handler.get_session(sid)
-    return session is not None and session._holds_poll
+    channel = handler._registry.channel(sid)
+    return channel is not None and channel.delivery.holds_poll
 
 
 parametrize_adapters = pytest.mark.parametrize("adapter", ADAPTERS)

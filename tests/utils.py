@@ -76,7 +76,7 @@ def serve(
 
 def _use_running_loop(handler: Any) -> None:
     """Make ``handler`` behave as if built with ``use_running_loop=True`` (it must be unused)."""
-    from pollsession._loop import EventLoopThread
+    from pollsession.server.loop import EventLoopThread
 
     if handler._loop_thread.started:
         raise ValueError("the handler was used already; serve it before using it")

@@ -36,9 +36,9 @@ import logging
 import re
 from typing import Any
 
-from .._errors import SessionClosed
-from .._handler import HttpHandler
-from .._session import Session
+from ..protocol.errors import SessionClosed
+from ..server.handler import HttpHandler
+from ..server.session import Session
 
 __all__ = ["Chat", "ROOM_NAME", "NICK_REQUIRED", "clean_nick"]
 

@@ -24,14 +24,17 @@ who waits for room and wakes them.
 
 from __future__ import annotations
 
-from ._errors import BadRequest, PayloadTooLarge
-from ._messages import Packed
+from .errors import BadRequest, PayloadTooLarge
+from .messages import Packed
+from .wire import message_array_parts
 
 __all__ = ["Outbox", "Inbox"]
 
 
 class Outbox:
     """Unacknowledged outgoing fragments, bounded in count and bytes."""
+
+    __slots__ = ("_max_messages", "_max_bytes", "_entries", "_bytes", "last_sent", "acked")
 
     def __init__(self, *, max_messages: int, max_bytes: int) -> None:
         self._max_messages = max_messages
@@ -82,27 +85,19 @@ class Outbox:
             del self._entries[:done]
         return True
 
-    def message_parts(self) -> list[bytes]:
-        """The JSON array of every unacknowledged message, in pieces to join once.
-
-        The fragments themselves are not copied: the answer is joined in one
-        pass by whoever writes it.
-        """
-        parts = [b"["]
-        for seq, fragment in self._entries:
-            parts += (b'{"seq":%d,' % seq, fragment, b"},")
-        if len(parts) > 1:
-            parts[-1] = b"}"
-        parts.append(b"]")
-        return parts
+    def entries(self) -> list[tuple[int, bytes]]:
+        """Every unacknowledged ``(seq, fragment)``, oldest first (not a copy: do not keep it)."""
+        return self._entries
 
     def messages_json(self) -> bytes:
         """The JSON array of every unacknowledged message, as a poll answer carries it."""
-        return b"".join(self.message_parts())
+        return b"".join(message_array_parts(self._entries))
 
 
 class Inbox:
     """Pushed messages the application has not read, and the highest seq held."""
+
+    __slots__ = ("_max_messages", "_max_bytes", "_max_message_size", "_messages", "_bytes", "received")
 
     def __init__(self, *, max_messages: int, max_bytes: int, max_message_size: int) -> None:
         self._max_messages = max_messages
@@ -114,6 +109,14 @@ class Inbox:
 
     def __len__(self) -> int:
         return len(self._messages)
+
+    @property
+    def max_messages(self) -> int:
+        return self._max_messages
+
+    @property
+    def max_bytes(self) -> int:
+        return self._max_bytes
 
     @property
     def nbytes(self) -> int:

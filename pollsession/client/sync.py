@@ -10,9 +10,10 @@
         for message in client:             # ends when the session closes
             print(message)
 
-The client speaks PROTOCOL.md version 1 with :mod:`requests`. What to send
-again, what to drop as a duplicate and how long to back off is decided by the
-plain objects of :mod:`pollsession._client_state`; this module only moves
+The client speaks docs/protocol.md version 1 with :mod:`requests`. What to
+send again, what to drop as a duplicate, what an answer means and how long to
+back off is decided by the plain objects of :mod:`pollsession.client.state`
+(every answer goes through its ``classify_answer``); this module only moves
 bytes and waits.
 
 Threads
@@ -31,15 +32,15 @@ joins both threads. Nothing waits by polling a flag: waiting is done on one
 lock with two conditions (work for the sender; news for readers) and a stop
 event that cuts every backoff sleep short.
 
-Failures
---------
-A network error, a timeout, a 5xx or an unreadable answer is retried with
-exponential backoff and jitter, up to ``max_retries`` consecutive retries; then
-the session ends with code 1006. A 410 ends it at once: with the close the
-server reports in it for a session that ended recently (the answer carrying
-the close was lost), else with 1006 (the server no longer knows the session). A 429 is not a failure: the client keeps what the
-server acknowledged, waits ``Retry-After`` and sends the rest. Any other 4xx
-means retrying cannot help: 1006 with the server's message as the reason.
+Failures (docs/protocol.md section 13)
+--------------------------------------
+A network error, a timeout, a 5xx or a malformed answer is retried after
+``max(Retry-After, backoff)``, up to ``max_retries`` times in a row; then the
+session ends with 1006. A 429 keeps what the server acknowledged and sends the
+rest after ``max(Retry-After, backoff of consecutive 429s)``. A 410 ends the
+session with the close it reports, else 1006; a 413 with 1009; any other 4xx
+with 1006. A long poll waits its hold plus ``max(request_timeout,
+wire.POLL_MARGIN)``, so a short ``request_timeout`` never cuts a held poll.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from __future__ import annotations
 import enum
 import logging
 import random
+import sys
 import threading
 import time
 from collections import deque
@@ -56,33 +58,30 @@ from typing import Any
 
 import requests
 
-from ._client_state import (
+from ..protocol.errors import HttpError, MessageTooLarge, ProtocolError, SessionClosed
+from ..protocol.wire import POLL_MARGIN, REQUEST_TIMEOUT, Limits
+from .state import (
+    ABNORMAL_CLOSURE,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_RETRY_BASE_DELAY,
+    DEFAULT_RETRY_MAX_DELAY,
+    PROTOCOL_ERROR,
     Backoff,
-    Disposition,
     Inbound,
     Outbox,
-    PollAnswer,
-    ProtocolError,
-    ServerConfig,
+    Outcome,
+    OutcomeKind,
+    RequestKind,
     body_size_of,
-    classify_status,
+    classify_answer,
     encode_message,
     format_seconds,
     http_error,
-    parse_gone_answer,
-    parse_open_answer,
-    parse_poll_answer,
-    parse_post_answer,
-    parse_retry_after,
 )
-from ._errors import HttpError, MessageTooLarge, SessionClosed
 
-__all__ = ["Client"]
+__all__ = ["Client", "ABNORMAL_CLOSURE"]
 
 _log = logging.getLogger("pollsession.client")
-
-#: Close code of a session that ended without a close from the server.
-ABNORMAL_CLOSURE = 1006
 
 
 class _State(enum.Enum):
@@ -102,10 +101,13 @@ class Client:
     client uses from its threads and does not close.
 
     ``poll_wait`` asks the server to hold each poll at most that many seconds
-    (None: the server's ``poll_timeout``; it must be > 0). ``request_timeout`` bounds connecting
-    and, beyond the hold, waiting for an answer. Failed requests are retried
-    ``max_retries`` times in a row, after delays growing from
-    ``retry_base_delay`` to ``retry_max_delay``; then the session ends with 1006.
+    (None: the server's ``poll_timeout``; it must be > 0). ``request_timeout``
+    (default ``wire.REQUEST_TIMEOUT``, 10 s) bounds connecting and waiting for
+    an answer the server gives at once; a long poll waits its hold plus
+    ``max(request_timeout, wire.POLL_MARGIN)``. Failed requests are retried
+    ``max_retries`` (8) times in a row, the n-th after a delay jittered into
+    ``[d/2, d)`` with ``d = min(retry_max_delay, retry_base_delay * 2**n)``
+    (0.25 s doubling up to 10 s); then the session ends with 1006.
 
     With ``open=True`` (the default) the constructor opens the session and may
     raise what :meth:`open` raises; with ``open=False`` call :meth:`open`, or
@@ -121,10 +123,10 @@ class Client:
         cookies: Mapping[str, str] | None = None,
         session: requests.Session | None = None,
         poll_wait: float | None = None,
-        request_timeout: float = 10.0,
-        max_retries: int = 8,
-        retry_base_delay: float = 0.1,
-        retry_max_delay: float = 5.0,
+        request_timeout: float = REQUEST_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        retry_base_delay: float = DEFAULT_RETRY_BASE_DELAY,
+        retry_max_delay: float = DEFAULT_RETRY_MAX_DELAY,
         open: bool = True,
     ) -> None:
         if poll_wait is not None and not poll_wait > 0:
@@ -154,13 +156,14 @@ class Client:
         self._closing = threading.Lock()
         self._state = _State.NEW
         self._opening = False
-        self._config: ServerConfig | None = None
+        self._sid: str | None = None
+        self._limits: Limits | None = None
         self._outbox = Outbox()
         self._inbound = Inbound()
         self._inbox: deque[Any] = deque()
         self._close_code: int | None = None
         self._close_reason: str | None = None
-        self._closed_in_hello: tuple[int, str] | None = None
+        self._closed_in_hello: Outcome | None = None
         self._threads: list[threading.Thread] = []
         if open:
             try:
@@ -174,8 +177,7 @@ class Client:
     @property
     def sid(self) -> str | None:
         """The session id, or None before :meth:`open`. Treat it as a secret."""
-        config = self._config
-        return config.sid if config is not None else None
+        return self._sid
 
     @property
     def closed(self) -> bool:
@@ -198,31 +200,34 @@ class Client:
     def open(self) -> None:
         """Open the session with ``GET url`` and start the background threads.
 
-        Network errors and 5xx (503 "too many sessions" included, honouring its
-        ``Retry-After``) are retried like any request. Raises the matching
-        :class:`pollsession.HttpError` subclass if the server refuses (for
-        example :class:`pollsession.Unauthorized` from an authentication hook),
-        or the last :class:`requests.RequestException` once the retries are
-        spent. After it returns, :meth:`send` and :meth:`receive` work.
+        Network errors, 5xx (503 "too many sessions" included, honouring its
+        ``Retry-After``) and malformed answers are retried like any request.
+        Raises the matching :class:`pollsession.HttpError` subclass if the
+        server refuses (for example :class:`pollsession.Unauthorized` from an
+        authentication hook), :class:`pollsession.ProtocolError` if it speaks
+        another protocol version, or the last failure (a
+        :class:`requests.RequestException`, :class:`pollsession.HttpError` or
+        :class:`pollsession.ProtocolError`) once the retries are spent. After
+        it returns, :meth:`send` and :meth:`receive` work.
         """
         with self._lock:
             if self._state is not _State.NEW or self._opening:
                 raise RuntimeError(f"open() may be called once; the client is {self._state.value}")
             self._opening = True
         try:
-            config, answer = self._open_request()
+            opened = self._open_request()
         finally:
             with self._lock:
                 self._opening = False
         with self._lock:
             closed_meanwhile = self._state is not _State.NEW
-            self._config = config
+            self._sid, self._limits = opened.sid, opened.limits
             if not closed_meanwhile:
                 self._state = _State.OPEN
-                self._inbox.extend(self._inbound.accept(answer.messages))
-                self._closed_in_hello = answer.closed
+                self._inbox.extend(self._inbound.accept(opened.messages))
+                self._closed_in_hello = opened if opened.closed is not None else None
         if closed_meanwhile:  # close() ran while the GET was in flight: forget the new session
-            self._best_effort("DELETE", attempts=1)
+            self._best_effort(RequestKind.DELETE, attempts=1)
             raise SessionClosed(self._close_code or 1000, self._close_reason or "")
         tag = f"{id(self):x}"
         self._threads = [
@@ -238,21 +243,22 @@ class Client:
         ``str`` goes as text, ``bytes``/``bytearray``/``memoryview`` as binary,
         anything else as JSON. Messages arrive in the order they were queued,
         exactly once, however often a request has to be retried. Invalid values
-        raise here, not later: :class:`ValueError` (NaN, a lone surrogate, ...),
+        raise here, not later, and queue nothing: :class:`ValueError` (NaN, a
+        lone surrogate anywhere in a str or a JSON value, ...),
         :class:`TypeError` (not JSON-serializable), or
         :class:`pollsession.MessageTooLarge`. Raises
         :class:`pollsession.SessionClosed` once the session is ending. Call
         :meth:`flush` to wait until the server has everything.
         """
         with self._lock:
-            config = self._require_open()
-        encoded = encode_message(data, max_message_size=config.max_message_size)
+            limits = self._require_open()
+        encoded = encode_message(data, max_message_size=limits.max_message_size)
         with self._lock:
             self._require_open()
             body_size = body_size_of(encoded, self._outbox.last_seq + 1)
-            if body_size > config.max_body_size:
+            if body_size > limits.max_body_size:
                 # Escaping (for example of control characters) made it too big for one request.
-                raise MessageTooLarge(body_size, config.max_body_size, "max_body_size")
+                raise MessageTooLarge(body_size, limits.max_body_size, "max_body_size")
             self._outbox.push(encoded)
             self._work.notify()
 
@@ -334,7 +340,7 @@ class Client:
                 self._set_close(code, reason, _State.CLOSING)
         self._stop.set()
         if delete:
-            self._best_effort("DELETE", attempts=3)
+            self._best_effort(RequestKind.DELETE, attempts=3)
         self._mark_closed()
         current = threading.current_thread()
         for thread in self._threads:
@@ -350,12 +356,8 @@ class Client:
             self.open()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         """Close the session (see :meth:`close`)."""
         self.close()
 
@@ -375,21 +377,18 @@ class Client:
 
     # ------------------------------------------------------------ helpers
 
-    def _backoff(self) -> Backoff:
-        return Backoff(
-            base=self._retry_base_delay,
-            max_delay=self._retry_max_delay,
-            max_retries=self._max_retries,
-            random=self._random.random,
-        )
+    def _backoff(self, max_retries: int | None = None) -> Backoff:
+        return Backoff(base=self._retry_base_delay, max_delay=self._retry_max_delay,
+                       max_retries=self._max_retries if max_retries is None else max_retries,
+                       random=self._random.random)
 
-    def _require_open(self) -> ServerConfig:
+    def _require_open(self) -> Limits:
         """Call with the lock held; return the server's limits."""
         if self._state is _State.NEW:
             raise RuntimeError("the client is not open: call open() first")
-        if self._state is not _State.OPEN or self._config is None:
+        if self._state is not _State.OPEN or self._limits is None:
             raise SessionClosed(self._close_code or ABNORMAL_CLOSURE, self._close_reason or "")
-        return self._config
+        return self._limits
 
     def _set_close(self, code: int, reason: str, state: _State) -> None:
         """Call with the lock held: record the close and wake everyone who waits."""
@@ -405,110 +404,79 @@ class Client:
                 self._work.notify_all()
         self._stop.set()
 
-    def _on_forgotten(self, code: int, reason: str) -> None:
-        """The server closed and already forgot the session (our final answers were lost)."""
+    def _end(self, code: int, reason: str, *, delete: bool) -> None:
+        """End the session from a background thread without a close from a poll answer (first caller wins).
+
+        ``delete``: tell the server (best effort: it may well be unreachable);
+        not after a 410, when it has forgotten the session already.
+        """
         with self._lock:
             if self._state is not _State.OPEN:
                 return
             self._set_close(code, reason, _State.CLOSING)
-        self._mark_closed()
-
-    def _fail(self, reason: str, *, delete: bool) -> None:
-        """End the session with 1006 from a background thread (first caller wins)."""
-        with self._lock:
-            if self._state is not _State.OPEN:
-                return
-            self._set_close(ABNORMAL_CLOSURE, reason, _State.CLOSING)
-        _log.warning("pollsession session ended: %s", reason)
+        quiet = not delete and code != ABNORMAL_CLOSURE  # a 410 telling the close: nothing went wrong
+        _log.log(logging.INFO if quiet else logging.WARNING, "pollsession session ended with %d: %s", code, reason)
         self._stop.set()
         if delete:
-            self._best_effort("DELETE", attempts=1)  # best effort: the server may well be unreachable
+            self._best_effort(RequestKind.DELETE, attempts=1)
         self._mark_closed()
 
-    def _request(
-        self,
-        method: str,
-        *,
-        read_timeout: float,
-        params: Mapping[str, str] | None = None,
-        body: bytes | None = None,
-    ) -> requests.Response:
+    def _attempt(self, kind: RequestKind, *, read_timeout: float, params: Mapping[str, str] | None = None,
+                 body: bytes | None = None, sent: int = 0) -> tuple[Outcome, requests.Response | None]:
+        """One request, decided by ``classify_answer``; a network failure is a retry without ``after``."""
         headers = dict(self._headers)
-        config = self._config
-        if config is not None:
-            headers["Pollsession-Id"] = config.sid
+        if self._sid is not None:
+            headers["Pollsession-Id"] = self._sid
         if body is not None:
             headers["Content-Type"] = "application/json"
-        return self._http.request(
-            method,
-            self._url,
-            params=params,
-            data=body,
-            headers=headers,
-            cookies=self._cookies,
-            timeout=(self._request_timeout, read_timeout),
-            allow_redirects=False,
-        )
-
-    @staticmethod
-    def _error_of(response: requests.Response) -> HttpError:
-        return http_error(
-            response.status_code, response.content, response.headers.get("Retry-After"), response.reason or ""
-        )
-
-    def _retry_later(self, backoff: Backoff, what: str, retry_after: str | None = None) -> bool:
-        """After a failed request: sleep before the next try and return True, or end the session."""
-        delay = backoff.failure()
-        if delay is None:
-            self._fail(f"{what}; gave up after {backoff.max_retries} retries", delete=True)
-            return False
-        if retry_after is not None:
-            delay = max(delay, parse_retry_after(retry_after, delay))
-        _log.debug("pollsession %s; retrying in %.2fs", what, delay)
-        return not self._stop.wait(delay)
+        try:
+            response = self._http.request(
+                kind.method, self._url, params=params, data=body, headers=headers, cookies=self._cookies,
+                timeout=(self._request_timeout, read_timeout), allow_redirects=False,
+            )
+        except requests.RequestException as exc:
+            return Outcome(OutcomeKind.RETRY, reason=f"{kind.value} failed: {exc}"), None
+        outcome = classify_answer(kind, response.status_code, response.headers, response.content, sent=sent)
+        if outcome.kind is OutcomeKind.RETRY:
+            _log.debug("pollsession %s", outcome.reason)
+        return outcome, response
 
     # ------------------------------------------------------------ opening
 
-    def _open_request(self) -> tuple[ServerConfig, PollAnswer]:
+    def _open_request(self) -> Outcome:
         backoff = self._backoff()
         while True:
-            retry_after = None
-            failure: Exception
-            try:
-                response = self._request("GET", read_timeout=self._request_timeout)
-            except requests.RequestException as exc:
-                failure, what = exc, f"opening failed: {exc}"
-            else:
-                disposition = classify_status(response.status_code)
-                if disposition is Disposition.OK:
-                    try:
-                        return parse_open_answer(response.content, response.headers.get("Pollsession-Id"))
-                    except ProtocolError as exc:
-                        failure, what = exc, f"unreadable opening answer: {exc}"
-                elif disposition is Disposition.RETRY:
-                    # 503 is "too many sessions": worth another try after its Retry-After.
-                    failure, what = self._error_of(response), f"opening answered {response.status_code}"
-                    retry_after = response.headers.get("Retry-After")
-                else:
-                    raise self._error_of(response)
-            delay = backoff.failure()
-            if delay is None:
-                raise failure
-            if retry_after is not None:
-                delay = max(delay, parse_retry_after(retry_after, delay))
-            _log.debug("pollsession %s; retrying in %.2fs", what, delay)
+            outcome, response = self._attempt(RequestKind.OPEN, read_timeout=self._request_timeout)
+            if outcome.kind is OutcomeKind.OK:
+                return outcome
+            if outcome.kind is OutcomeKind.CLOSE:
+                if outcome.code == PROTOCOL_ERROR or response is None:
+                    raise ProtocolError(outcome.reason)
+                raise self._error_of(response)
+            delay = backoff.retry(outcome.after)
+            if delay is None:  # the last failure, as the caller knows it
+                if response is None:
+                    raise requests.ConnectionError(outcome.reason)
+                raise self._error_of(response) if response.status_code >= 400 else ProtocolError(outcome.reason)
             if self._stop.wait(delay):
                 raise SessionClosed(self._close_code or 1000, self._close_reason or "")
+
+    @staticmethod
+    def _error_of(response: requests.Response) -> HttpError:
+        headers, reason = response.headers, response.reason or ""
+        return http_error(response.status_code, response.content, headers.get("Retry-After"), reason)
 
     # ------------------------------------------------------------ the poller
 
     def _poll_loop(self) -> None:
         if self._closed_in_hello is not None:
-            self._on_remote_close(*self._closed_in_hello)
+            self._on_remote_close(self._closed_in_hello)
             return
-        assert self._config is not None
-        hold = self._config.poll_timeout if self._poll_wait is None else min(self._poll_wait, self._config.poll_timeout)
+        assert self._limits is not None
+        poll_timeout = self._limits.poll_timeout
+        hold = poll_timeout if self._poll_wait is None else min(self._poll_wait, poll_timeout)
         wait = format_seconds(hold)
+        read_timeout = hold + max(self._request_timeout, POLL_MARGIN)
         backoff = self._backoff()
         while True:
             with self._lock:
@@ -516,132 +484,113 @@ class Client:
                     return
                 ack = self._inbound.ack
             params = {"ack": str(ack)} if self._poll_wait is None else {"ack": str(ack), "wait": wait}
-            response = self._exchange(backoff, "GET", params=params, read_timeout=hold + self._request_timeout)
-            if response is None:
+            outcome = self._exchange(backoff, RequestKind.POLL, params=params, read_timeout=read_timeout)
+            if outcome is None:
                 return
-            try:
-                answer = parse_poll_answer(response.content)
-            except ProtocolError as exc:
-                if not self._retry_later(backoff, f"unreadable poll answer: {exc}"):
-                    return
-                continue
-            backoff.reset()
             with self._lock:
                 if self._state is not _State.OPEN:
                     return
-                fresh = self._inbound.accept(answer.messages)
+                fresh = self._inbound.accept(outcome.messages)
                 if fresh:
                     self._inbox.extend(fresh)
                     self._news.notify_all()
-            if answer.closed is not None:
-                self._on_remote_close(*answer.closed)
+            if outcome.closed is not None:
+                self._on_remote_close(outcome)
                 return
 
-    def _on_remote_close(self, code: int, reason: str) -> None:
+    def _on_remote_close(self, outcome: Outcome) -> None:
         """The server closed: stop sending, let it forget the session, then mark closed."""
+        assert outcome.closed is not None
         with self._lock:
             if self._state is not _State.OPEN:
                 return
-            self._set_close(code, reason, _State.CLOSING)
+            self._set_close(outcome.closed.code, outcome.closed.reason, _State.CLOSING)
             ack = self._inbound.ack
         # Every message up to ack is in the inbox: a poll with that ack lets the server forget
-        # the session now rather than at expiry (PROTOCOL.md section 6). A 410 means an earlier
-        # final poll got through.
-        self._best_effort("GET", params={"ack": str(ack), "wait": "0"}, attempts=3)
+        # the session now rather than at expiry (docs/protocol.md section 8). A 410 means an
+        # earlier final poll got through.
+        self._best_effort(RequestKind.POLL, params={"ack": str(ack), "wait": "0"}, attempts=3)
         self._mark_closed()
 
     # ------------------------------------------------------------ the sender
 
     def _send_loop(self) -> None:
-        assert self._config is not None
-        config = self._config
+        assert self._limits is not None
+        limits = self._limits
         backoff = self._backoff()
+        throttle = self._backoff(max_retries=sys.maxsize)  # 429s: the server is alive, never give up
         while True:
             with self._work:
                 while self._state is _State.OPEN and not len(self._outbox):
                     self._work.wait()
                 if self._state is not _State.OPEN:
                     return
-                batch = self._outbox.batch(max_body_size=config.max_body_size, max_count=config.inbox_limit)
+                batch = self._outbox.batch(max_body_size=limits.max_body_size, max_count=limits.inbox_limit)
             assert batch is not None
             # A lost answer leaves us unsure whether the server took the batch: sending it again is
             # safe, the server drops the seqs it holds. So _exchange retries the same body.
-            response = self._exchange(backoff, "POST", body=batch[0], read_timeout=self._request_timeout)
-            if response is None:
+            body, sent = batch
+            outcome = self._exchange(backoff, RequestKind.PUSH, body=body, sent=sent,
+                                     read_timeout=self._request_timeout)
+            if outcome is None:
                 return
-            try:
-                ack = parse_post_answer(response.content)
-                with self._lock:
-                    if self._outbox.acknowledge(ack):
-                        self._news.notify_all()
-            except ProtocolError as exc:
-                if not self._retry_later(backoff, f"unreadable POST answer: {exc}"):
-                    return
+            assert outcome.ack is not None
+            with self._lock:
+                if self._outbox.acknowledge(outcome.ack):
+                    self._news.notify_all()
+            if outcome.kind is OutcomeKind.OK:
+                throttle.reset()
                 continue
-            backoff.reset()
-            if response.status_code == 429:
-                # The session's inbox is full: the rest goes again after Retry-After, floored at
-                # retry_base_delay so that "Retry-After: 0" cannot become a busy loop.
-                delay = max(self._retry_base_delay, parse_retry_after(response.headers.get("Retry-After")))
-                _log.debug("pollsession inbox full at ack %d; sending the rest in %.2fs", ack, delay)
-                if self._stop.wait(delay):
-                    return
+            # 429: the session's inbox is full; the rest goes again after max(Retry-After, backoff).
+            delay = throttle.retry(outcome.after)
+            assert delay is not None
+            _log.debug("pollsession inbox full at ack %d; sending the rest in %.2fs", outcome.ack, delay)
+            if self._stop.wait(delay):
+                return
 
-    def _exchange(
-        self,
-        backoff: Backoff,
-        method: str,
-        *,
-        read_timeout: float,
-        params: Mapping[str, str] | None = None,
-        body: bytes | None = None,
-    ) -> requests.Response | None:
-        """One request of a background loop, retried after network errors and 5xx.
+    def _exchange(self, backoff: Backoff, kind: RequestKind, *, read_timeout: float,
+                  params: Mapping[str, str] | None = None, body: bytes | None = None, sent: int = 0) -> Outcome | None:
+        """One request of a background loop, retried while ``classify_answer`` says retry.
 
-        Returns a 2xx or 429 answer, or None when the loop must end (closing,
-        retries spent, session gone or refused: then the session is ended here).
+        Returns an ok outcome (or, for a push, a throttled one), or None when
+        the loop must end (closing, retries spent, or the session ended here).
         """
         while True:
-            try:
-                response = self._request(method, params=params, body=body, read_timeout=read_timeout)
-            except requests.RequestException as exc:
-                if self._stop.is_set() or not self._retry_later(backoff, f"{method} failed: {exc}"):
-                    return None
-                continue
-            disposition = classify_status(response.status_code)
-            if disposition in (Disposition.OK, Disposition.THROTTLED):
-                return response
-            if disposition is Disposition.RETRY:
-                what = f"{method} answered {response.status_code}"
-                if not self._retry_later(backoff, what, response.headers.get("Retry-After")):
-                    return None
-            elif disposition is Disposition.GONE:
-                # A POST's 410 may mean the server just closed: the poller learns the close code
-                # (or meets the 410 itself) and ends the session.
-                if method != "POST":
-                    ended = parse_gone_answer(response.content)
-                    if ended is not None:
-                        self._on_forgotten(*ended)
-                    else:
-                        self._fail(f"the server no longer knows this session: {self._error_of(response)}",
-                                   delete=False)
+            outcome, response = self._attempt(kind, params=params, body=body, sent=sent, read_timeout=read_timeout)
+            if outcome.kind is OutcomeKind.OK or (outcome.kind is OutcomeKind.THROTTLED and kind is RequestKind.PUSH):
+                backoff.reset()
+                return outcome
+            if outcome.kind is OutcomeKind.CLOSE:
+                assert outcome.code is not None
+                gone = response is not None and response.status_code == 410
+                if not (gone and kind is RequestKind.PUSH):
+                    self._end(outcome.code, outcome.reason, delete=not gone)
+                # A push's 410 says the server closed or forgot the session: the poller still
+                # fetches what the session sent before its close (or meets the 410 itself).
                 return None
-            else:
-                self._fail(f"the server refused a {method}: {self._error_of(response)}", delete=True)
+            # A retry, or a 429 to something other than a push (a rate-limiting proxy): wait and again.
+            if self._stop.is_set():
+                return None
+            delay = backoff.retry(outcome.after)
+            if delay is None:
+                self._end(ABNORMAL_CLOSURE, f"{outcome.reason}; gave up after {backoff.max_retries} retries",
+                          delete=True)
+                return None
+            if self._stop.wait(delay):
                 return None
 
     # ------------------------------------------------------------ closing
 
-    def _best_effort(self, method: str, *, attempts: int, params: Mapping[str, str] | None = None) -> None:
-        """Send a closing request (``DELETE``, final poll) until an answer below 500, at most ``attempts`` times."""
+    def _best_effort(self, kind: RequestKind, *, attempts: int, params: Mapping[str, str] | None = None) -> None:
+        """Send a closing request (``DELETE``, final poll) until it is not to be retried, at most ``attempts`` times."""
+        backoff = self._backoff()
         for attempt in range(attempts):
-            try:
-                response = self._request(method, params=params, read_timeout=self._request_timeout)
-            except requests.RequestException as exc:
-                _log.debug("pollsession %s while closing failed: %s", method, exc)
-            else:
-                if response.status_code < 500:
-                    return
-            if attempt + 1 < attempts:
-                # Short and not cut by _stop, which is set by now: closing must not hang on it.
-                time.sleep(min(self._retry_max_delay, self._retry_base_delay * 2**attempt))
+            outcome, _ = self._attempt(kind, params=params, read_timeout=self._request_timeout)
+            if outcome.kind is not OutcomeKind.RETRY:
+                return
+            _log.debug("pollsession %s while closing", outcome.reason)
+            delay = backoff.failure()
+            if delay is None or attempt + 1 == attempts:
+                return
+            # Short and not cut by _stop, which is set by now: closing must not hang on it.
+            time.sleep(min(delay, 1.0))

@@ -27,27 +27,19 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import replace
 from typing import Any, TypeVar
 
-from ._config import Settings
-from ._context import HttpContext, HttpResponse, RequestInfo
-from ._errors import (
-    BadRequest,
-    Forbidden,
-    HttpError,
-    InboxFull,
-    MethodNotAllowed,
-    ServiceUnavailable,
-    UnknownSession,
-)
-from ._loop import EventLoopThread, LoopStopped
-from ._messages import dump_json, encode_outgoing
-from ._origins import HostPolicy, OriginPolicy
-from ._registry import Registry, Target
-from ._requests import ALLOW, SESSION_HEADER, Delete, Open, Operation, Poll, Preflight, Push, is_probe, parse_operation
-from ._session import CloseInfo, Session
-from ._session_handler import SessionHandler
+from ..protocol.config import Settings
+from ..protocol.errors import BadRequest, Forbidden, HttpError, ServiceUnavailable, UnknownSession
+from ..protocol.http import HttpContext, HttpResponse, RequestInfo
+from ..protocol.messages import encode_outgoing
+from ..protocol.origins import HostPolicy, OriginPolicy
+from ..protocol.requests import ALLOW, SESSION_HEADER, Delete, Open, Operation, Poll, Preflight, Push, is_probe, parse_operation
+from ..protocol.wire import DEFAULT_LIMITS, POLL_MARGIN, Closed, PollAnswer, join_object, limits_fields, open_answer_parts
+from .loop import EventLoopThread, LoopStopped
+from .registry import Registry, Target
+from .session import Session
+from .session_handler import SessionHandler
 
 __all__ = ["HttpHandler", "AuthHook", "ClientKey", "error_response"]
 
@@ -69,13 +61,9 @@ Return None to exempt a request."""
 _JSON_HEADERS = [("Content-Type", "application/json"), ("Cache-Control", "no-store")]
 
 
-def _json_response(status: int, document: Any, headers: Iterable[tuple[str, str]] = ()) -> HttpResponse:
-    return HttpResponse(status, [*_JSON_HEADERS, *headers], dump_json(document).encode("utf-8"))
-
-
-def _answer_response(fields: list[bytes], headers: Iterable[tuple[str, str]] = (), prefix: bytes = b"") -> HttpResponse:
-    """A 200 JSON answer ``{prefix fields}``, joined in one copy from pieces the session encoded once."""
-    return HttpResponse(200, [*_JSON_HEADERS, *headers], b"".join([b"{", prefix, *fields, b"}"]))
+def _answer_response(parts: Iterable[bytes], headers: Iterable[tuple[str, str]] = ()) -> HttpResponse:
+    """A 200 JSON answer, joined in one copy from pieces encoded once (``protocol.wire``)."""
+    return HttpResponse(200, [*_JSON_HEADERS, *headers], join_object(parts))
 
 
 def _default_client_key(request: RequestInfo) -> str | None:
@@ -90,25 +78,13 @@ def _accepted(identity: Any) -> Any:
 
 
 def error_response(error: HttpError) -> HttpResponse:
-    """The one place where a refusal becomes an HTTP response: the protocol's JSON error.
+    """A refusal as the protocol's JSON error response; the error renders its own status, headers and body.
 
     Public for adapters, which answer the errors they find themselves (a
     body the framework could not read, say) exactly as the core would.
     """
-    document: dict[str, Any] = {"error": error.code, "message": error.message}
-    headers: list[tuple[str, str]] = []
-    if isinstance(error, InboxFull):
-        document["ack"] = error.ack
-        headers.append(("Retry-After", str(error.retry_after)))
-    elif isinstance(error, ServiceUnavailable):
-        headers.append(("Retry-After", str(error.retry_after)))
-    elif isinstance(error, MethodNotAllowed):
-        headers.append(("Allow", ALLOW))
-    elif isinstance(error, UnknownSession) and error.closed is not None:
-        document["closed"] = error.closed
-        # The session ended and the client learns how: nothing went wrong.
-        return replace(_json_response(error.status, document, headers), routine=True)
-    return _json_response(error.status, document, headers)
+    return HttpResponse(error.status, [*_JSON_HEADERS, *error.headers()], error.body().encode(),
+                        routine=error.is_routine())
 
 
 class HttpHandler:
@@ -158,17 +134,17 @@ class HttpHandler:
         self,
         target: Target | type[SessionHandler],
         *,
-        poll_timeout: float = 25.0,
-        session_timeout: float = 60.0,
+        poll_timeout: float = DEFAULT_LIMITS.poll_timeout,
+        session_timeout: float = DEFAULT_LIMITS.session_timeout,
         cleanup_interval: float = 1.0,
         shutdown_timeout: float = 5.0,
         allowed_origins: Iterable[str] = (),
         check_origin: Callable[[str], bool] | None = None,
         allow_credentials: bool = False,
         max_sessions: int = 10_000,
-        max_message_size: int = 1 << 20,
-        max_body_size: int = 4 << 20,
-        inbox_limit: int = 64,
+        max_message_size: int = DEFAULT_LIMITS.max_message_size,
+        max_body_size: int = DEFAULT_LIMITS.max_body_size,
+        inbox_limit: int = DEFAULT_LIMITS.inbox_limit,
         outbox_limit: int = 1024,
         max_inbox_bytes: int | None = None,
         max_outbox_bytes: int | None = None,
@@ -219,13 +195,13 @@ class HttpHandler:
         self._authenticate = authenticate
         self._client_key = client_key or _default_client_key
         self._registry = Registry(coroutine_function, self.settings)
-        # The open answer's fixed part, encoded once: {"version":1,"sid":"…",<limits>,
-        self._open_limits = dump_json(self.settings.open_document())[1:-1].encode("utf-8")
+        # The open answer's limits, encoded once.
+        self._open_limits = limits_fields(self.settings.limits())
         # Threads blocked in a held poll (handle_request), under _lock.
         self._blocked_polls = 0
         self._warned_held_polls = False
         # How each session ended, set once by the shutdown (then only read).
-        self._final_closes: dict[str, tuple[str, CloseInfo]] = {}
+        self._final_closes: dict[str, tuple[str, Closed]] = {}
         self._loop_thread = EventLoopThread(borrow_running_loop=use_running_loop)
         self._use_running_loop = use_running_loop
         self._inflight: set[asyncio.Task[Any]] = set()
@@ -246,7 +222,7 @@ class HttpHandler:
             return self._finish(step, cors)
         future, holds_thread = step
         try:
-            response = future.result(timeout=self.settings.poll_timeout + 60)
+            response = future.result(timeout=self.settings.poll_timeout + POLL_MARGIN + self.settings.shutdown_timeout)
         except (concurrent.futures.CancelledError, concurrent.futures.TimeoutError):
             future.cancel()
             response = self._unavailable()
@@ -363,9 +339,9 @@ class HttpHandler:
             if isinstance(operation, Delete):
                 return HttpResponse(204)
             return self._unavailable()
-        close = final[1].to_wire()
+        close = final[1]
         if isinstance(operation, Poll):
-            return _json_response(200, {"messages": [], "closed": close})
+            return _answer_response([PollAnswer(closed=close).encode()])
         if isinstance(operation, Push):
             return error_response(UnknownSession("the session is closed", code="session_closed", closed=close))
         return HttpResponse(204)
@@ -402,14 +378,15 @@ class HttpHandler:
                 assert request is not None
                 if inspect.isawaitable(identity):
                     identity = _accepted(await identity)
-                sid, fields = await self._registry.open(request, identity, client)
-                prefix = b'"version":1,"sid":"%s",%s,' % (sid.encode("ascii"), self._open_limits)
-                return _answer_response(fields, [(SESSION_HEADER, sid)], prefix)
+                sid, messages, closed = await self._registry.open(request, identity, client)
+                return _answer_response(open_answer_parts(sid, self._open_limits, messages, closed),
+                                        [(SESSION_HEADER, sid)])
             if isinstance(operation, Poll):
-                fields = await self._registry.poll(operation.sid, path, operation.ack, operation.wait, operation.error)
-                return _answer_response(fields)
+                parts = await self._registry.poll(operation.sid, path, operation.ack, operation.wait, operation.error)
+                return _answer_response(parts)
             if isinstance(operation, Push):
-                return _json_response(200, self._registry.push(operation.sid, path, operation.batch, operation.error))
+                answer = self._registry.push(operation.sid, path, operation.batch, operation.error)
+                return _answer_response([answer.encode()])
             assert isinstance(operation, Delete) and operation.sid is not None
             self._registry.delete(operation.sid, path)
             return HttpResponse(204)

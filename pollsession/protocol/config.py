@@ -6,6 +6,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .wire import DEFAULT_LIMITS, Limits
+
 __all__ = ["Settings"]
 
 
@@ -13,14 +15,14 @@ __all__ = ["Settings"]
 class Settings:
     """Every limit and timeout of one mounted target; see ``HttpHandler``."""
 
-    poll_timeout: float = 25.0
-    session_timeout: float = 60.0
+    poll_timeout: float = DEFAULT_LIMITS.poll_timeout
+    session_timeout: float = DEFAULT_LIMITS.session_timeout
     cleanup_interval: float = 1.0
     shutdown_timeout: float = 5.0
     max_sessions: int = 10_000
-    max_message_size: int = 1 << 20
-    max_body_size: int = 4 << 20
-    inbox_limit: int = 64
+    max_message_size: int = DEFAULT_LIMITS.max_message_size
+    max_body_size: int = DEFAULT_LIMITS.max_body_size
+    inbox_limit: int = DEFAULT_LIMITS.inbox_limit
     outbox_limit: int = 1024
     max_inbox_bytes: int | None = None
     max_outbox_bytes: int | None = None
@@ -74,12 +76,12 @@ class Settings:
         """``max_outbox_bytes``, by default ``max_body_size``: a poll answer is about that large at most."""
         return self.max_outbox_bytes if self.max_outbox_bytes is not None else self.max_body_size
 
-    def open_document(self) -> dict[str, object]:
+    def limits(self) -> Limits:
         """The limits a client learns when it opens a session."""
-        return {
-            "poll_timeout": float(self.poll_timeout),
-            "session_timeout": float(self.session_timeout),
-            "inbox_limit": self.inbox_limit,
-            "max_message_size": self.max_message_size,
-            "max_body_size": self.max_body_size,
-        }
+        return Limits(
+            poll_timeout=float(self.poll_timeout),
+            session_timeout=float(self.session_timeout),
+            inbox_limit=self.inbox_limit,
+            max_message_size=self.max_message_size,
+            max_body_size=self.max_body_size,
+        )

@@ -17,15 +17,14 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ._config import Settings
-from ._context import HttpContext
-from ._errors import BadRequest, Forbidden, HttpError, MethodNotAllowed, PayloadTooLarge, UnsupportedMediaType
-from ._messages import Packed, parse_batch
+from .config import Settings
+from .errors import ALLOW, BadRequest, Forbidden, HttpError, MethodNotAllowed, PayloadTooLarge, UnsupportedMediaType
+from .http import HttpContext
+from .messages import Packed, parse_batch
 
 __all__ = ["Preflight", "Open", "Poll", "Push", "Delete", "Operation", "parse_operation", "is_probe", "ALLOW",
            "SESSION_HEADER"]
 
-ALLOW = "GET, POST, DELETE, OPTIONS"
 SESSION_HEADER = "Pollsession-Id"
 _ACK = re.compile(r"0|[1-9][0-9]*")
 _WAIT = re.compile(r"[0-9]+(\.[0-9]+)?")

@@ -5,6 +5,7 @@ Every error the library raises descends from :class:`PollsessionError`::
     PollsessionError
     ├── SessionClosed            the session ended; carries the close code and reason
     ├── MessageTooLarge          the application tried to send more than max_message_size
+    ├── ProtocolError            (client side) the server answered something that is not the protocol
     └── HttpError                a request is refused; carries the HTTP status
         ├── BadRequest           400  the peer sent something malformed
         ├── Unauthorized         401  an authentication hook refused the opening request
@@ -16,19 +17,24 @@ Every error the library raises descends from :class:`PollsessionError`::
         ├── InboxFull            429  the session's inbox is full; carries the ack
         └── ServiceUnavailable   503  too many sessions, or the handler is shut down
 
-:class:`HttpError` subclasses are turned into responses in exactly one place
-(``HttpHandler``), so each class knows its status and short error code. The
-``message`` is safe to show to the client; details belong in the log.
+:class:`HttpError` subclasses render themselves: each knows its status, its
+short error code, its extra headers (:meth:`HttpError.headers`) and its body
+(:meth:`HttpError.body`, a ``wire.ErrorBody``); ``error_response`` only puts
+those into a response. The ``message`` is safe to show to the client; details
+belong in the log.
 Applications raise :class:`Unauthorized` or :class:`Forbidden` from their
 authentication hook to refuse a session.
 """
 
 from __future__ import annotations
 
+from .wire import Closed, ErrorBody
+
 __all__ = [
     "PollsessionError",
     "SessionClosed",
     "MessageTooLarge",
+    "ProtocolError",
     "HttpError",
     "BadRequest",
     "Unauthorized",
@@ -78,8 +84,19 @@ class MessageTooLarge(PollsessionError, ValueError):
         return f"message of {self.size} bytes exceeds {self.limit_name} of {self.limit} bytes"
 
 
+class ProtocolError(PollsessionError):
+    """The server answered something this client cannot understand (client side).
+
+    Raised by the Python client's answer parsers. The client treats it like a
+    failed request (retry with backoff): a broken proxy or a truncated answer
+    looks exactly like this.
+    """
+
+
 class HttpError(PollsessionError):
-    """A refused request: ``status`` and ``code`` go on the wire with ``message``."""
+    """A refused request: ``status`` and ``code`` go on the wire with ``message``.
+
+    """
 
     status: int = 500
     code: str = "internal_error"
@@ -92,6 +109,18 @@ class HttpError(PollsessionError):
 
     def __str__(self) -> str:
         return f"{self.status} {self.code}: {self.message}"
+
+    def headers(self) -> list[tuple[str, str]]:
+        """The headers this refusal adds to the JSON ones (``Retry-After``, ``Allow``)."""
+        return []
+
+    def is_routine(self) -> bool:
+        """Whether this refusal is part of normal traffic (servers log it below WARNING)."""
+        return False
+
+    def body(self) -> ErrorBody:
+        """The refusal's JSON body."""
+        return ErrorBody(self.code, self.message)
 
 
 class BadRequest(HttpError):
@@ -119,9 +148,16 @@ class Forbidden(HttpError):
         super().__init__(message, code=code)
 
 
+ALLOW = "GET, POST, DELETE, OPTIONS"
+"""The methods a target answers (the ``Allow`` header of 405 and of a bare ``OPTIONS``)."""
+
+
 class MethodNotAllowed(HttpError):
     status = 405
     code = "method_not_allowed"
+
+    def headers(self) -> list[tuple[str, str]]:
+        return [("Allow", ALLOW)]
 
 
 class UnknownSession(HttpError):
@@ -131,9 +167,16 @@ class UnknownSession(HttpError):
     status = 410
     code = "unknown_session"
 
-    def __init__(self, message: str, *, code: str | None = None, closed: dict[str, object] | None = None) -> None:
+    def __init__(self, message: str, *, code: str | None = None, closed: Closed | None = None) -> None:
         super().__init__(message, code=code)
         self.closed = closed
+
+    def is_routine(self) -> bool:
+        """A 410 that tells a known session its close (a closed tab's last poll): nothing went wrong."""
+        return self.closed is not None
+
+    def body(self) -> ErrorBody:
+        return ErrorBody(self.code, self.message, closed=self.closed)
 
 
 class PayloadTooLarge(HttpError):
@@ -157,6 +200,12 @@ class InboxFull(HttpError):
         self.ack = ack
         self.retry_after = retry_after
 
+    def headers(self) -> list[tuple[str, str]]:
+        return [("Retry-After", str(self.retry_after))]
+
+    def body(self) -> ErrorBody:
+        return ErrorBody(self.code, self.message, ack=self.ack)
+
 
 class ServiceUnavailable(HttpError):
     status = 503
@@ -165,3 +214,6 @@ class ServiceUnavailable(HttpError):
     def __init__(self, message: str, *, retry_after: int, code: str | None = None) -> None:
         super().__init__(message, code=code)
         self.retry_after = retry_after
+
+    def headers(self) -> list[tuple[str, str]]:
+        return [("Retry-After", str(self.retry_after))]

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import enum
 import json
 import math
 from dataclasses import dataclass
 from typing import Any
 
-from ._errors import BadRequest, MessageTooLarge
+from .errors import BadRequest, MessageTooLarge
+from .wire import MessageType, dump_json
 
 __all__ = [
     "MessageType",
@@ -31,12 +31,6 @@ __all__ = [
     "decode_data",
     "pack_data",
 ]
-
-
-class MessageType(str, enum.Enum):
-    TEXT = "text"
-    BINARY = "binary"
-    JSON = "json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,14 +82,6 @@ class Outgoing:
     type: MessageType
     fragment: bytes
     size: int
-
-
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-
-
-def dump_json(value: Any) -> str:
-    """Compact JSON, UTF-8 friendly; refuses NaN and Infinity."""
-    return _ENCODER.encode(value)
 
 
 def _utf8_size(text: str) -> int:

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from ._errors import BadRequest, SessionClosed
-from ._messages import Message, MessageType, dump_json, parse_json
-from ._session import Session
+from ..protocol.errors import BadRequest, SessionClosed
+from ..protocol.messages import Message, MessageType, dump_json, parse_json
+from .session import Session
 
 __all__ = ["SessionHandler", "Decode"]
 
@@ -96,7 +96,7 @@ class SessionHandler:
             pass
         except Exception:
             # Clean-up in on_disconnect runs on a failure too; the handler logs the error.
-            session._end(1011, "")
+            await session.close(1011)
             await handler.on_disconnect(1011)
             raise
         await handler.on_disconnect(session.close_code if session.close_code is not None else 1000)

@@ -14,11 +14,10 @@ import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from ._errors import SessionClosed
-from ._messages import Outgoing
+from ..protocol.messages import Outgoing
 
 if TYPE_CHECKING:
-    from ._session import Session
+    from .channel import Channel
 
 __all__ = ["Rooms", "SLOW_MEMBER_CODE", "SLOW_MEMBER_REASON"]
 
@@ -32,37 +31,34 @@ class Rooms:
     """Which sessions are in which room."""
 
     def __init__(self) -> None:
-        self._members: dict[str, dict[str, Session]] = {}
+        self._members: dict[str, dict[str, Channel]] = {}
 
-    def join(self, room: str, session: Session) -> None:
+    def join(self, room: str, session: Channel) -> None:
         if not isinstance(room, str) or not room:
             raise ValueError(f"a room name must be a non-empty str, got {room!r}")
         self._members.setdefault(room, {})[session.id] = session
 
-    def leave(self, room: str, session: Session) -> None:
+    def leave(self, room: str, session: Channel) -> None:
         members = self._members.get(room)
         if members is not None:
             members.pop(session.id, None)
             if not members:
                 del self._members[room]
 
-    def members(self, room: str) -> list[Session]:
+    def members(self, room: str) -> list[Channel]:
         return list(self._members.get(room, {}).values())
 
     @staticmethod
-    def deliver(message: Outgoing, sessions: Iterable[Session], exclude: str | None) -> int:
+    def deliver(message: Outgoing, sessions: Iterable[Channel], exclude: str | None) -> int:
         """Append ``message`` to each open session's outbox now; return how many got it."""
         delivered = 0
         for session in sessions:
-            if session.id == exclude or session.closed:
+            if session.id == exclude or session.closed is not None:
                 continue
-            try:
-                if session._try_send(message):
-                    delivered += 1
-                    continue
-            except SessionClosed:
+            if session.offer(message):
+                delivered += 1
                 continue
             logger.warning("session %s: outbox full during a broadcast, closing it with %d",
                            session.tag, SLOW_MEMBER_CODE)
-            session._end(SLOW_MEMBER_CODE, SLOW_MEMBER_REASON)
+            session.end(SLOW_MEMBER_CODE, SLOW_MEMBER_REASON)
         return delivered

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 
-from ._errors import ServiceUnavailable
+from .errors import ServiceUnavailable
 
 __all__ = ["ClientLimits"]
 

@@ -21,14 +21,17 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ._config import Settings
-from ._context import RequestInfo
-from ._errors import HttpError, InboxFull, ServiceUnavailable, SessionClosed, UnknownSession
-from ._expiry import ExpiryQueue
-from ._limits import ClientLimits
-from ._messages import Outgoing, Packed
-from ._rooms import Rooms
-from ._session import CloseInfo, PollWake, Session
+from ..protocol.config import Settings
+from ..protocol.delivery import Delivery, PollAction
+from ..protocol.errors import HttpError, InboxFull, ServiceUnavailable, SessionClosed, UnknownSession
+from ..protocol.expiry import ExpiryQueue
+from ..protocol.http import RequestInfo
+from ..protocol.limits import ClientLimits
+from ..protocol.messages import Outgoing, Packed
+from ..protocol.wire import SUPERSEDED_PARTS, Closed, PushAnswer
+from .channel import Channel, PollWake
+from .rooms import Rooms
+from .session import Session
 
 __all__ = ["Registry", "Target"]
 
@@ -37,23 +40,13 @@ logger = logging.getLogger("pollsession")
 Target = Callable[[Session], Awaitable[None]]
 
 
-SUPERSEDED_FIELDS = [b'"messages":[],"closed":null']
-"""The answer to a poll that a newer poll of the same session replaced."""
-
-
-def _end_hold(poll: asyncio.Future[PollWake]) -> None:
-    """The hold of this poll is over: answer it with whatever there is (maybe nothing)."""
-    if not poll.done():
-        poll.set_result(PollWake.READY)
-
-
 class Registry:
     """Sessions by id, their tasks, their expiry order; loop thread only."""
 
     def __init__(self, target: Target, settings: Settings) -> None:
         self._target = target
         self._settings = settings
-        self._sessions: dict[str, Session] = {}
+        self._sessions: dict[str, Channel] = {}
         self._paths: dict[str, str] = {}
         self._expiry: ExpiryQueue[str] = ExpiryQueue(settings.session_timeout)
         # Sessions with no request since their open, when open_timeout is set.
@@ -64,7 +57,7 @@ class Registry:
         )
         self._client_keys: dict[str, str] = {}
         # Sessions forgotten recently, with their close, for session_timeout seconds.
-        self._ended: dict[str, tuple[str, CloseInfo]] = {}
+        self._ended: dict[str, tuple[str, Closed]] = {}
         self._ended_order: ExpiryQueue[str] = ExpiryQueue(settings.session_timeout)
         self._tasks: set[asyncio.Task[None]] = set()
         self.rooms = Rooms()
@@ -77,41 +70,50 @@ class Registry:
         return len(self._sessions)
 
     def get(self, sid: str) -> Session | None:
+        """The application's object of a known session."""
+        channel = self._sessions.get(sid)
+        return channel.session if channel is not None else None
+
+    def channel(self, sid: str) -> Channel | None:
+        """The server's side of a known session."""
         return self._sessions.get(sid)
 
-    def _find(self, sid: str, path: str) -> Session:
+    def _find(self, sid: str, path: str) -> Channel:
         session = self._sessions.get(sid)
         if session is None or self._paths[sid] != path:
             ended = self._ended.get(sid)
             if ended is not None and ended[0] == path:
                 raise UnknownSession("the session has ended and is forgotten", code="session_ended",
-                                     closed=ended[1].to_wire())
+                                     closed=ended[1])
             raise UnknownSession("unknown, expired or closed session")
         return session
 
-    def _touch(self, session: Session) -> None:
+    def _touch(self, session: Channel) -> None:
         self._unused.discard(session.id)
-        if not session._holds_poll:
+        if not session.delivery.holds_poll:
             self._expiry.touch(session.id, self._settings.clock())
 
-    def _forget(self, session: Session) -> None:
+    def _forget(self, session: Channel) -> None:
         path = self._paths.pop(session.id, None)
         self._sessions.pop(session.id, None)
         self._expiry.discard(session.id)
         self._unused.discard(session.id)
         self._limits.closed(self._client_keys.pop(session.id, None))
-        if path is not None and session._close is not None:
+        closed = session.closed
+        if path is not None and closed is not None:
             # Remember how it ended for a while: a client whose answer carrying
             # the close was lost learns it from the 410 instead of guessing.
-            self._ended[session.id] = (path, session._close)
+            self._ended[session.id] = (path, closed)
             self._ended_order.touch(session.id, self._settings.clock())
             if len(self._ended) > self._settings.max_sessions:
                 self._ended.pop(self._ended_order.pop_oldest(), None)
 
     # -- the protocol's operations ------------------------------------------
 
-    async def open(self, request: RequestInfo, identity: Any, client_key: str | None = None) -> tuple[str, list[bytes]]:
-        """Create a session, start its task; return its id and the fields of its first answer.
+    async def open(
+        self, request: RequestInfo, identity: Any, client_key: str | None = None
+    ) -> tuple[str, list[bytes], bytes]:
+        """Create a session, start its task; return its id and its first answer's messages and close.
 
         ``client_key`` names the client for the per-client limits.
         """
@@ -127,17 +129,15 @@ class Registry:
         now = self._settings.clock()
         self._limits.check(client_key, now)
         sid = secrets.token_urlsafe(24)  # 192 bits from the OS CSPRNG, URL-safe
-        session = Session(
-            sid,
-            request,
-            identity=identity,
-            rooms=self.rooms,
+        delivery = Delivery(
             inbox_limit=self._settings.inbox_limit,
             outbox_limit=self._settings.outbox_limit,
             max_message_size=self._settings.max_message_size,
             max_inbox_bytes=self._settings.inbox_bytes,
             max_outbox_bytes=self._settings.outbox_bytes,
         )
+        session = Channel(sid, delivery, self.rooms)
+        application = Session(session, request, identity=identity, max_message_size=self._settings.max_message_size)
         self._sessions[sid] = session
         self._paths[sid] = request.path
         if client_key is not None and self._limits.active:
@@ -147,76 +147,66 @@ class Registry:
             self._unused.touch(sid, now)
         else:
             self._expiry.touch(sid, now)
-        task = asyncio.create_task(self._run(session), name=f"pollsession-{session.tag}")
+        task = asyncio.create_task(self._run(session, application), name=f"pollsession-{session.tag}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         self._ensure_timer()
         # Let the coroutine run to its first wait, so a greeting rides on this answer.
         await asyncio.sleep(0)
-        return sid, session._answer_fields()
+        messages, closed = session.delivery.answer_parts()
+        return sid, messages, closed
 
     async def poll(
         self, sid: str, path: str, ack: int, wait: float | None, error: HttpError | None = None
     ) -> list[bytes]:
         """Answer a long poll: at once when there is something to say, else hold it.
 
-        Returns the fields of the answer (``"messages":[...],"closed":...``).
-        ``error`` is a refusal found before the session was known; it is
-        raised once the session is known to exist (410 wins over 400).
+        Returns the answer in pieces. ``error`` is a refusal found before the
+        session was known; it is raised once the session is known to exist
+        (410 wins over 400).
         """
         session = self._find(sid, path)
         if error is not None:
             raise error
-        session._acknowledge(ack)
-        if session.closed and session._finished():
-            self._forget(session)
-            return session._answer_fields()
+        session.acknowledge(ack)
         hold = min(wait, self._settings.poll_timeout) if wait is not None else self._settings.poll_timeout
-        if session._ready_to_answer() or hold <= 0:
-            session._wake_poll(PollWake.SUPERSEDED)
+        action = session.delivery.poll(hold)
+        if action is PollAction.FINAL:
+            self._forget(session)
+            return session.answer()
+        if action is PollAction.ANSWER:
             self._touch(session)
-            return session._answer_fields()
-        poll = session._hold_poll()
+            return session.answer_now()
         self._unused.discard(sid)
         self._expiry.discard(sid)  # a held poll is activity for as long as it is held
-        timer = asyncio.get_running_loop().call_later(hold, _end_hold, poll)
         try:
-            why = await poll
+            why = await session.hold(hold)
         finally:
-            timer.cancel()
-            session._release_poll(poll)
             if session.id in self._sessions:
                 self._touch(session)
         if why is PollWake.SUPERSEDED:
-            return SUPERSEDED_FIELDS
-        return session._answer_fields()
+            return list(SUPERSEDED_PARTS)
+        return session.answer()
 
     def push(
         self, sid: str, path: str, batch: list[tuple[int, Packed]], error: HttpError | None = None
-    ) -> dict[str, Any]:
-        """Hand pushed messages to the session; 429 with the ack when some did not fit."""
+    ) -> PushAnswer:
+        """Hand pushed messages to the session (``Delivery.push``: 410, the request's refusal, 429 or the ack)."""
         session = self._find(sid, path)
-        if session._close is not None:
-            raise UnknownSession("the session is closed", code="session_closed", closed=session._close.to_wire())
-        if error is not None:
-            raise error
-        ack, complete = session._accept(batch)
+        try:
+            ack = session.push(batch, refused=error, retry_after=self._settings.retry_after)
+        except InboxFull:
+            self._touch(session)  # a push that was taken in part is activity
+            raise
         self._touch(session)
-        if not complete:
-            raise InboxFull(
-                f"the session's inbox is full ({self._settings.inbox_limit} messages or "
-                f"{self._settings.inbox_bytes} bytes); the server holds up to seq {ack}, send the rest again later",
-                ack=ack,
-                retry_after=self._settings.retry_after,
-            )
-        return {"ack": ack}
+        return PushAnswer(ack)
 
     def delete(self, sid: str, path: str) -> None:
         """The client closed: the coroutine sees 1000 and the session is forgotten."""
         session = self._sessions.get(sid)
         if session is None or self._paths[sid] != path:
             return
-        session._end(1000, "")
+        session.end(1000, "")
         self._forget(session)
 
     def broadcast(self, message: Outgoing, room: str | None, exclude: str | None) -> int:
@@ -226,21 +216,21 @@ class Registry:
 
     # -- the session's task ----------------------------------------------------
 
-    async def _run(self, session: Session) -> None:
+    async def _run(self, session: Channel, application: Session) -> None:
         try:
-            await self._target(session)
+            await self._target(application)
         except SessionClosed:
-            if not session.closed:
+            if session.closed is None:
                 logger.exception("session %s: SessionClosed raised while open", session.tag)
-                session._end(1011, "")
+                session.end(1011, "")
         except Exception:
             logger.exception("session %s: the application's coroutine raised", session.tag)
-            session._end(1011, "")
+            session.end(1011, "")
         except asyncio.CancelledError:
-            session._end(1001, "")
+            session.end(1001, "")
             raise
         else:
-            session._end(1000, "")
+            session.end(1000, "")
 
     # -- expiry and shutdown -------------------------------------------------
 
@@ -268,11 +258,11 @@ class Registry:
         for sid in expired:
             session = self._sessions.get(sid)
             if session is not None:
-                session._end(1001, "session expired")
+                session.end(1001, "session expired")
                 self._forget(session)
         return expired
 
-    async def shutdown(self, timeout: float) -> dict[str, tuple[str, CloseInfo]]:
+    async def shutdown(self, timeout: float) -> dict[str, tuple[str, Closed]]:
         """Close every session with 1001, answer held polls, and wait for the tasks.
 
         Returns how each session still known ended, by id: ``(path, close)``,
@@ -284,7 +274,7 @@ class Registry:
             self._timer.cancel()
             self._timer = None
         for session in list(self._sessions.values()):
-            session._end(1001, "server shutting down")
+            session.end(1001, "server shutting down")
         # The sessions stay known while their tasks finish: a poll that arrives
         # meanwhile is answered with the session's close, as at any other time.
         if self._tasks:
@@ -295,8 +285,9 @@ class Registry:
                 await asyncio.wait(pending)
         final = dict(self._ended)
         for sid, session in self._sessions.items():
-            if session._close is not None:
-                final[sid] = (self._paths[sid], session._close)
+            closed = session.closed
+            if closed is not None:
+                final[sid] = (self._paths[sid], closed)
         # Until the handler answers without the loop, a poll still finds the close here.
         self._ended.update(final)
         self._sessions.clear()
