@@ -55,3 +55,20 @@ def browser() -> Iterator[Any]:
             yield browser
         finally:
             browser.close()
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[Any]:
+    """A real redis-server on a free port, persistence off; under CI a missing one fails the tests."""
+    from tests.redis_server import redis_problem, start_redis
+
+    problem = redis_problem()
+    if problem is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"Redis tests cannot run under CI: {problem}", pytrace=False)
+        pytest.skip(problem)
+    server = start_redis()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -27,16 +27,12 @@ from typing import Any, TypeGuard
 
 from ..protocol.errors import (
     BadRequest,
-    Forbidden,
     HttpError,
     InboxFull,
-    MethodNotAllowed,
-    PayloadTooLarge,
     ProtocolError,
     ServiceUnavailable,
-    Unauthorized,
     UnknownSession,
-    UnsupportedMediaType,
+    error_for_status,
 )
 from ..protocol.messages import decode_data, parse_json
 from ..protocol.wire import (
@@ -267,17 +263,6 @@ def format_seconds(value: float) -> str:
     return text or "0"
 
 
-_ERRORS: dict[int, type[HttpError]] = {
-    400: BadRequest,
-    401: Unauthorized,
-    403: Forbidden,
-    405: MethodNotAllowed,
-    410: UnknownSession,
-    413: PayloadTooLarge,
-    415: UnsupportedMediaType,
-}
-
-
 def http_error(status: int, body: bytes | None, retry_after: str | None = None, reason: str = "") -> HttpError:
     """Turn a refusal into the matching :class:`pollsession.HttpError` subclass (what :meth:`Client.open` raises).
 
@@ -296,14 +281,9 @@ def http_error(status: int, body: bytes | None, retry_after: str | None = None, 
         return InboxFull(message, ack=ack, retry_after=seconds)
     if status == 503:
         return ServiceUnavailable(message, retry_after=seconds, code=code)
-    cls = _ERRORS.get(status)
-    if cls is UnknownSession:
+    if status == 410:
         return UnknownSession(message, code=code, closed=document.closed if document is not None else None)
-    if cls is not None:
-        return cls(message, code=code)
-    error = HttpError(message, code=code)
-    error.status = status
-    return error
+    return error_for_status(status, message, code)
 
 
 # --------------------------------------------------------------------------

@@ -217,3 +217,30 @@ class ServiceUnavailable(HttpError):
 
     def headers(self) -> list[tuple[str, str]]:
         return [("Retry-After", str(self.retry_after))]
+
+
+_BY_STATUS: dict[int, type[HttpError]] = {
+    400: BadRequest,
+    401: Unauthorized,
+    403: Forbidden,
+    405: MethodNotAllowed,
+    410: UnknownSession,
+    413: PayloadTooLarge,
+    415: UnsupportedMediaType,
+}
+
+
+def error_for_status(status: int, message: str, code: str | None = None) -> HttpError:
+    """The refusal of a status without extra fields (400-415), rebuilt from its status, message and code.
+
+    A status without a subclass gives a plain :class:`HttpError` carrying it.
+    (429 and 503 carry more than a message: build :class:`InboxFull` and
+    :class:`ServiceUnavailable` directly.)
+    """
+    cls = _BY_STATUS.get(status)
+    if cls is not None:
+        return cls(message, code=code)
+    error = HttpError(message, code=code)
+    error.status = status
+    return error
+

@@ -36,6 +36,7 @@ from ..protocol.messages import encode_outgoing
 from ..protocol.origins import HostPolicy, OriginPolicy
 from ..protocol.requests import ALLOW, SESSION_HEADER, Delete, Open, Operation, Poll, Preflight, Push, is_probe, parse_operation
 from ..protocol.wire import DEFAULT_LIMITS, POLL_MARGIN, Closed, PollAnswer, join_object, limits_fields, open_answer_parts
+from .backend import Backend, Forwardable, LocalBackend
 from .loop import EventLoopThread, LoopStopped
 from .registry import Registry, Target
 from .session import Session
@@ -159,6 +160,7 @@ class HttpHandler:
         authenticate: AuthHook | None = None,
         clock: Callable[[], float] = time.monotonic,
         use_running_loop: bool = False,
+        backend: Backend | None = None,
     ) -> None:
         coroutine_function: Target
         if isinstance(target, type) and issubclass(target, SessionHandler):
@@ -194,7 +196,10 @@ class HttpHandler:
         self._hosts = HostPolicy(allowed_hosts)
         self._authenticate = authenticate
         self._client_key = client_key or _default_client_key
-        self._registry = Registry(coroutine_function, self.settings)
+        self._backend = backend if backend is not None else LocalBackend()
+        self._backend_started = False
+        self._backend_lock: asyncio.Lock | None = None
+        self._registry = Registry(coroutine_function, self.settings, new_session_id=self._backend.new_session_id)
         # The open answer's limits, encoded once.
         self._open_limits = limits_fields(self.settings.limits())
         # Threads blocked in a held poll (handle_request), under _lock.
@@ -374,10 +379,15 @@ class HttpHandler:
         assert task is not None
         self._inflight.add(task)
         try:
+            if isinstance(operation, (Poll, Push, Delete)) and operation.sid is not None and not (
+                    self._backend.is_local(operation.sid)):
+                await self._start_backend()
+                return await self._backend.forward(operation, path)  # another worker's session
             if isinstance(operation, Open):
                 assert request is not None
                 if inspect.isawaitable(identity):
                     identity = _accepted(await identity)
+                await self._start_backend()
                 sid, messages, closed = await self._registry.open(request, identity, client)
                 return _answer_response(open_answer_parts(sid, self._open_limits, messages, closed),
                                         [(SESSION_HEADER, sid)])
@@ -397,6 +407,23 @@ class HttpHandler:
             return error_response(HttpError("internal server error"))
         finally:
             self._inflight.discard(task)
+
+    async def _start_backend(self) -> None:
+        """Start the backend once, before the first session opens (503 while it cannot start)."""
+        if self._backend_started:
+            return
+        if self._backend_lock is None:
+            self._backend_lock = asyncio.Lock()
+        async with self._backend_lock:
+            if not self._backend_started:
+                await self._backend.start(self._serve_forwarded)
+                self._backend_started = True
+
+    async def _serve_forwarded(self, operation: Forwardable, path: str) -> HttpResponse:
+        """An operation another worker received for a session of this one (never forwarded again)."""
+        if operation.sid is not None and not self._backend.is_local(operation.sid):
+            return error_response(UnknownSession("unknown, expired or closed session"))
+        return await self._serve(operation, path)
 
     def _finish(self, response: HttpResponse, cors: list[tuple[str, str]]) -> HttpResponse:
         if cors:
@@ -533,6 +560,8 @@ class HttpHandler:
         pending = {task for task in self._inflight if task is not current}
         if pending:
             await asyncio.wait(pending, timeout=self.settings.shutdown_timeout)
+        if self._backend_started:
+            await self._backend.close()  # after the sessions' last answers went out
 
     def __enter__(self) -> HttpHandler:
         return self

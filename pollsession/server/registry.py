@@ -43,8 +43,10 @@ Target = Callable[[Session], Awaitable[None]]
 class Registry:
     """Sessions by id, their tasks, their expiry order; loop thread only."""
 
-    def __init__(self, target: Target, settings: Settings) -> None:
+    def __init__(self, target: Target, settings: Settings, *,
+                 new_session_id: Callable[[], str] = lambda: secrets.token_urlsafe(24)) -> None:
         self._target = target
+        self._new_session_id = new_session_id
         self._settings = settings
         self._sessions: dict[str, Channel] = {}
         self._paths: dict[str, str] = {}
@@ -128,7 +130,7 @@ class Registry:
             )
         now = self._settings.clock()
         self._limits.check(client_key, now)
-        sid = secrets.token_urlsafe(24)  # 192 bits from the OS CSPRNG, URL-safe
+        sid = self._new_session_id()  # 192 bits from the OS CSPRNG, URL-safe (see Backend.new_session_id)
         delivery = Delivery(
             inbox_limit=self._settings.inbox_limit,
             outbox_limit=self._settings.outbox_limit,

@@ -1,0 +1,317 @@
+"""``RedisBackend``: many workers, no sticky sessions, through Redis (``pip install pollsession[redis]``).
+
+A session is owned by the worker that opened it: its coroutine and its
+protocol state live there, and its id begins with the owner's worker id. A
+request that reaches another worker is checked and parsed there as usual,
+then forwarded to the owner over Redis pub/sub (``frames``); the owner
+applies it to the session exactly as a local request and publishes the
+answer back. Every protocol rule is applied once, by the owner.
+
+Failures, and what a client sees:
+
+* The owner is gone (killed, or stopped): nobody is subscribed to its
+  channel. While the owner's worker key lives (``worker_ttl`` after its last
+  heartbeat), a poll or push of its sessions answers 410 with the close
+  ``{"code": 1012, "reason": "service restart"}`` (:data:`OWNER_GONE`), so its
+  clients end with 1012 at once; a held forwarded poll notices within about a
+  second (``liveness_interval``). After that the id is unknown (plain 410).
+* The owner does not answer in time (``forward_timeout`` beyond a poll's
+  hold): 503 with ``Retry-After``. Every request of the protocol is
+  idempotent, so the client's retry loses and doubles nothing.
+* Redis is unreachable: requests that need it answer 503 ``backend_unavailable``
+  with ``Retry-After``; sessions whose requests reach their owner directly go
+  on; the subscription reconnects by itself.
+* The client goes away during a forwarded poll: the forwarder tells the
+  owner, which releases the held poll at once.
+
+Not yet built (issue 11): ``broadcast``, ``send_to``, ``session_count`` and
+``max_sessions`` across workers (they cover this worker's sessions only, and
+``broadcast`` refuses to run with this backend rather than reach a part of
+the room silently), and the bench's multi-worker mode.
+
+Thread-safety: the backend runs on its handler's loop; give each handler its
+own backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import secrets
+import time
+from typing import Any
+
+try:
+    import redis.asyncio as aioredis
+    from redis.exceptions import RedisError
+except ImportError as exc:  # pragma: no cover - the extra is missing
+    raise ImportError("RedisBackend needs redis-py: pip install 'pollsession[redis]'") from exc
+
+from ..protocol.errors import HttpError, ServiceUnavailable, UnknownSession
+from ..protocol.http import HttpResponse
+from ..protocol.requests import Delete, Poll
+from ..protocol.wire import Closed
+from ..server.backend import Backend, Forwardable, Serve
+from ..server.handler import error_response
+from .frames import Answer, Cancel, FrameError, Forwarded, decode, encode_answer, encode_cancel, encode_operation
+
+__all__ = ["RedisBackend", "OWNER_GONE"]
+
+logger = logging.getLogger("pollsession.redis")
+
+OWNER_GONE = Closed(1012, "service restart")
+"""The close a client learns when the worker that owned its session is gone."""
+
+_WORKER_ID_LENGTH = 8  # characters of token_urlsafe(6): 48 bits, URL-safe
+
+
+class RedisBackend(Backend):
+    """Forward requests between the workers of one deployment through Redis.
+
+    ``url`` is redis-py's URL (``redis://host:6379/0``). ``name`` separates
+    deployments (and targets) sharing one Redis: give every worker of one
+    target the same name and a target of its own a different one.
+    ``poll_timeout`` must equal the handler's; it bounds how long a forwarded
+    poll is waited for (plus ``forward_timeout``).
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        name: str = "pollsession",
+        poll_timeout: float = 25.0,
+        forward_timeout: float = 5.0,
+        liveness_interval: float = 1.0,
+        worker_ttl: float = 120.0,
+        retry_after: int = 1,
+    ) -> None:
+        if not name or any(c in name for c in " \0"):
+            raise ValueError(f"name must be a non-empty string without spaces, got {name!r}")
+        for label, value in (("poll_timeout", poll_timeout), ("forward_timeout", forward_timeout),
+                             ("liveness_interval", liveness_interval), ("worker_ttl", worker_ttl)):
+            if not value > 0:
+                raise ValueError(f"{label} must be a positive number of seconds, got {value!r}")
+        self._url = url
+        self._name = name
+        self._poll_timeout = poll_timeout
+        self._forward_timeout = forward_timeout
+        self._liveness_interval = liveness_interval
+        self._worker_ttl = worker_ttl
+        self._retry_after = retry_after
+        self.worker_id = secrets.token_urlsafe(6)
+        self._redis: Any = None
+        self._pubsub: Any = None
+        self._serve: Serve | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._waiting: dict[str, asyncio.Future[HttpResponse]] = {}
+        self._serving: dict[str, asyncio.Task[None]] = {}
+        self._last_warning = 0.0
+
+    def __repr__(self) -> str:
+        return f"<RedisBackend {self._name} worker {self.worker_id}>"
+
+    # -- names in Redis ------------------------------------------------------
+
+    def _channel(self, worker_id: str) -> str:
+        return f"{self._name}:worker:{worker_id}:inbox"
+
+    def _alive_key(self, worker_id: str) -> str:
+        return f"{self._name}:worker:{worker_id}:alive"
+
+    # -- the seam ---------------------------------------------------------------
+
+    def new_session_id(self) -> str:
+        return self.worker_id + secrets.token_urlsafe(24)
+
+    def is_local(self, sid: str) -> bool:
+        return sid[:_WORKER_ID_LENGTH] == self.worker_id
+
+    async def start(self, serve: Serve) -> None:
+        """Subscribe to this worker's channel and announce the worker; raises 503 when Redis is unreachable."""
+        self._serve = serve
+        self._redis = aioredis.from_url(self._url)
+        try:
+            await self._announce()
+            self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            await self._pubsub.subscribe(self._channel(self.worker_id))
+        except (RedisError, OSError) as exc:
+            await self._drop_connections()
+            raise self._unreachable(exc) from None
+        self._listener = asyncio.create_task(self._listen(), name=f"pollsession-redis-{self.worker_id}")
+        self._heartbeat = asyncio.create_task(self._beat(), name=f"pollsession-redis-beat-{self.worker_id}")
+
+    async def close(self) -> None:
+        """Stop listening and heartbeating; the worker key expires by itself (its clients then learn 1012)."""
+        if self._serving:  # answers to forwarded requests, being published
+            await asyncio.wait(set(self._serving.values()), timeout=1.0)
+        for task in (self._listener, self._heartbeat, *self._serving.values()):
+            if task is not None:
+                task.cancel()
+        for future in self._waiting.values():
+            if not future.done():
+                future.cancel()
+        await self._drop_connections()
+
+    async def _drop_connections(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        client, self._redis = self._redis, None
+        try:
+            if pubsub is not None:
+                await pubsub.aclose()
+            if client is not None:
+                await client.aclose()
+        except (RedisError, OSError):
+            pass
+
+    # -- forwarding (the worker that received the request) -------------------------
+
+    async def forward(self, operation: Forwardable, path: str) -> HttpResponse:
+        owner = operation.sid[:_WORKER_ID_LENGTH] if operation.sid is not None else ""
+        request_id = secrets.token_urlsafe(12)
+        answer: asyncio.Future[HttpResponse] = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = answer
+        frame = encode_operation(request_id, self._channel(self.worker_id), path, operation)
+        try:
+            try:
+                receivers = await self._redis.publish(self._channel(owner), frame)
+                if not receivers:
+                    return await self._owner_gone(owner, operation)
+            except (RedisError, OSError) as exc:
+                raise self._unreachable(exc) from None
+            budget = self._forward_timeout
+            if isinstance(operation, Poll):
+                budget += self._poll_timeout if operation.wait is None else min(operation.wait, self._poll_timeout)
+            return await self._wait_for(answer, owner, operation, budget)
+        except asyncio.CancelledError:
+            if not answer.done():
+                self._tell(owner, encode_cancel(request_id))  # release the owner's held poll now
+            raise
+        finally:
+            self._waiting.pop(request_id, None)
+
+    async def _wait_for(self, answer: asyncio.Future[HttpResponse], owner: str, operation: Forwardable,
+                        budget: float) -> HttpResponse:
+        deadline = time.monotonic() + budget
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return error_response(ServiceUnavailable(
+                    "the worker that owns the session did not answer in time", retry_after=self._retry_after,
+                    code="owner_timeout"))
+            try:
+                return await asyncio.wait_for(asyncio.shield(answer), min(left, self._liveness_interval))
+            except asyncio.TimeoutError:
+                pass
+            try:
+                (_, subscribers), = await self._redis.pubsub_numsub(self._channel(owner))
+            except (RedisError, OSError) as exc:
+                raise self._unreachable(exc) from None
+            if not subscribers and not answer.done():
+                return await self._owner_gone(owner, operation)
+
+    async def _owner_gone(self, owner: str, operation: Forwardable) -> HttpResponse:
+        """Nobody listens for ``owner``: its sessions ended with it (1012) if it was a worker, else unknown."""
+        try:
+            known = bool(await self._redis.exists(self._alive_key(owner))) if owner else False
+        except (RedisError, OSError) as exc:
+            raise self._unreachable(exc) from None
+        if isinstance(operation, Delete):
+            return HttpResponse(204)
+        if not known:
+            return error_response(UnknownSession("unknown, expired or closed session"))
+        return error_response(UnknownSession("the worker that owned the session is gone", code="session_ended",
+                                             closed=OWNER_GONE))
+
+    def _tell(self, worker: str, frame: bytes) -> None:
+        async def publish() -> None:
+            try:
+                await self._redis.publish(self._channel(worker), frame)
+            except (RedisError, OSError, AttributeError):
+                pass  # best effort: the owner's poll then ends at its hold
+
+        asyncio.get_running_loop().create_task(publish())
+
+    # -- serving (the owner) ------------------------------------------------------
+
+    async def _listen(self) -> None:
+        failures = 0
+        while True:
+            try:
+                if self._pubsub is None:
+                    self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+                    await self._pubsub.subscribe(self._channel(self.worker_id))
+                message = await self._pubsub.get_message(timeout=self._liveness_interval)
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                failures += 1
+                self._warn(f"pollsession: Redis subscription lost ({exc}); reconnecting")
+                pubsub, self._pubsub = self._pubsub, None
+                if pubsub is not None:
+                    try:
+                        await pubsub.aclose()
+                    except (RedisError, OSError):
+                        pass
+                await asyncio.sleep(min(5.0, 0.1 * 2 ** min(failures, 6)))
+                continue
+            if message is None or message.get("type") != "message":
+                continue
+            try:
+                frame = decode(message["data"])
+            except FrameError as exc:
+                self._warn(f"pollsession: ignoring a message on {self._channel(self.worker_id)}: {exc}")
+                continue
+            if isinstance(frame, Answer):
+                waiting = self._waiting.get(frame.id)
+                if waiting is not None and not waiting.done():
+                    waiting.set_result(frame.response)
+            elif isinstance(frame, Cancel):
+                task = self._serving.get(frame.id)
+                if task is not None:
+                    task.cancel()
+            else:
+                self._serving[frame.id] = task = asyncio.create_task(self._answer(frame))
+                task.add_done_callback(functools.partial(self._served, frame.id))
+
+    def _served(self, request_id: str, task: asyncio.Task[None]) -> None:
+        if self._serving.get(request_id) is task:
+            del self._serving[request_id]
+
+    async def _answer(self, forwarded: Forwarded) -> None:
+        assert self._serve is not None
+        try:
+            response = await self._serve(forwarded.operation, forwarded.path)
+        except HttpError as error:
+            response = error_response(error)
+        try:
+            await self._redis.publish(forwarded.reply, encode_answer(forwarded.id, response))
+        except (RedisError, OSError) as exc:
+            self._warn(f"pollsession: could not send an answer through Redis ({exc}); the client will retry")
+
+    async def _announce(self) -> None:
+        await self._redis.set(self._alive_key(self.worker_id), b"1", ex=max(1, int(self._worker_ttl)))
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self._worker_ttl / 4)
+            try:
+                await self._announce()
+            except (RedisError, OSError) as exc:
+                self._warn(f"pollsession: could not refresh the worker key in Redis ({exc})")
+
+    # -- errors --------------------------------------------------------------------
+
+    def _unreachable(self, exc: BaseException) -> ServiceUnavailable:
+        self._warn(f"pollsession: Redis is unreachable: {exc}")
+        return ServiceUnavailable(f"the session store is unreachable ({type(exc).__name__})",
+                                  retry_after=self._retry_after, code="backend_unavailable")
+
+    def _warn(self, text: str) -> None:
+        now = time.monotonic()
+        if now - self._last_warning >= 10.0:  # one WARNING per ten seconds at most
+            self._last_warning = now
+            logger.warning(text)

@@ -1,0 +1,61 @@
+"""The seam between one worker's sessions and the other workers of a deployment.
+
+A session lives in the worker that opened it: its coroutine and its
+``Delivery`` are there. A :class:`Backend` tells the handler whether a
+request's session is its own and, when it is not, carries the request to the
+worker that owns it and brings the answer back. Every protocol rule is still
+applied once, by the owner's registry; a backend moves operations and
+answers, nothing more.
+
+* :class:`LocalBackend` (the default): one process, every session is local,
+  nothing is installed or started.
+* ``pollsession.backends.redis.RedisBackend``: many workers and machines,
+  through Redis (``pip install pollsession[redis]``).
+
+A backend runs on the handler's loop: ``start`` is awaited there before the
+first session opens, and ``close`` during the handler's shutdown, after the
+sessions were closed (so answers to forwarded polls still go out).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Awaitable, Callable
+
+from ..protocol.http import HttpResponse
+from ..protocol.requests import Delete, Poll, Push
+
+__all__ = ["Backend", "LocalBackend", "Serve", "Forwardable"]
+
+Forwardable = Poll | Push | Delete
+"""The operations that name a session, and so may belong to another worker."""
+
+Serve = Callable[[Forwardable, str], Awaitable[HttpResponse]]
+"""How a backend hands an operation that reached it from another worker to this
+worker's sessions: ``serve(operation, path)`` returns the answer."""
+
+
+class Backend:
+    """Where sessions live; see the module docstring. Subclass it for a new store."""
+
+    def new_session_id(self) -> str:
+        """A new, unguessable session id (192 bits from the OS CSPRNG, URL-safe)."""
+        return secrets.token_urlsafe(24)
+
+    def is_local(self, sid: str) -> bool:
+        """Whether this worker owns the session ``sid`` (or no worker does)."""
+        return True
+
+    async def start(self, serve: Serve) -> None:
+        """Begin taking operations from other workers; ``serve`` answers them here."""
+
+    async def forward(self, operation: Forwardable, path: str) -> HttpResponse:
+        """Carry ``operation`` to the worker that owns its session and return that worker's answer."""
+        raise NotImplementedError("a LocalBackend owns every session")
+
+    async def close(self) -> None:
+        """Stop taking operations from other workers (the handler is shutting down)."""
+
+
+class LocalBackend(Backend):
+    """One process: every session is local (the default)."""

@@ -1,0 +1,233 @@
+"""Several workers on one real Redis: any worker answers any request (``RedisBackend``).
+
+Each "worker" here is an ``HttpHandler`` with its own loop thread and its own
+``RedisBackend`` (same ``name``), driven through in-memory request contexts
+as an adapter would; only Redis is real (``redis_server`` starts one). The
+multi-process tests (gunicorn, Tornado processes behind nginx) build on the
+same backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from pollsession import HttpHandler, Session
+from pollsession.backends.frames import Answer, Cancel, Forwarded, decode, encode_answer, encode_cancel, encode_operation
+from pollsession.backends.redis import OWNER_GONE, RedisBackend
+from pollsession.protocol.http import HttpResponse
+from pollsession.protocol.messages import Packed
+from pollsession.protocol.requests import Delete, Poll, Push
+from pollsession.protocol.wire import MessageType
+from pollsession import BadRequest
+from tests.fakes import FakeContext, body_of, call
+from tests.utils import wait_until
+
+
+async def echo(session: Session) -> None:
+    async for message in session:
+        await session.send(message)
+
+
+# -- frames, with plain calls -------------------------------------------------------
+
+
+def test_frames_round_trip() -> None:
+    batch = [(1, Packed(MessageType.TEXT, "é".encode())), (2, Packed(MessageType.BINARY, b"\0\1"))]
+    for operation in (Poll("sid", 3, 1.5), Poll("sid", 0, None, BadRequest("bad wait", code="bad_wait")),
+                      Push("sid", batch), Push("sid", [], BadRequest("gap", code="seq_gap")), Delete("sid")):
+        frame = decode(encode_operation("r1", "reply", "/poll", operation))
+        assert isinstance(frame, Forwarded) and (frame.id, frame.reply, frame.path) == ("r1", "reply", "/poll")
+        if isinstance(operation, Poll) and operation.error is not None:
+            assert isinstance(frame.operation, Poll) and frame.operation.error is not None
+            assert (frame.operation.error.status, frame.operation.error.code) == (400, "bad_wait")
+        elif isinstance(operation, Push) and operation.error is not None:
+            assert isinstance(frame.operation, Push) and frame.operation.error is not None
+            assert frame.operation.error.code == "seq_gap"
+        else:
+            assert frame.operation == operation
+    response = HttpResponse(410, [("Content-Type", "application/json")], b'{"x":1}\0more', routine=True)
+    answer = decode(encode_answer("r2", response))
+    assert isinstance(answer, Answer) and answer.response == response
+    assert decode(encode_cancel("r3")) == Cancel("r3")
+
+
+# -- two workers on one Redis ----------------------------------------------------------
+
+
+class Workers:
+    """Two handlers (workers A and B) of one target on one Redis."""
+
+    def __init__(self, url: str, **options: Any) -> None:
+        name = "test-" + secrets.token_hex(4)
+        self.backends = [RedisBackend(url, name=name, poll_timeout=options.get("poll_timeout", 25.0),
+                                      liveness_interval=0.2) for _ in range(2)]
+        self.handlers = [HttpHandler(echo, backend=backend, shutdown_timeout=1, **options)
+                         for backend in self.backends]
+
+    def close(self) -> None:
+        for handler in self.handlers:
+            handler.close()
+
+
+@pytest.fixture
+def workers(redis_server: Any) -> Iterator[Workers]:
+    pair = Workers(redis_server.url, poll_timeout=5.0)
+    try:
+        yield pair
+    finally:
+        pair.close()
+
+
+def opened(handler: HttpHandler) -> str:
+    response = call(handler)
+    assert response.status == 200, response.body
+    sid: str = body_of(response)["sid"]
+    return sid
+
+
+def poll(handler: HttpHandler, sid: str, ack: int, wait: str | None = None) -> HttpResponse:
+    query = [("ack", str(ack))] + ([("wait", wait)] if wait is not None else [])
+    return call(handler, "GET", sid, query=query)
+
+
+def push(handler: HttpHandler, sid: str, *texts: tuple[int, str]) -> HttpResponse:
+    return call(handler, "POST", sid, messages=[{"seq": seq, "type": "text", "data": text} for seq, text in texts])
+
+
+def test_a_session_of_one_worker_is_served_by_the_other(workers: Workers) -> None:
+    a, b = workers.handlers
+    sid = opened(a)
+    assert sid.startswith(workers.backends[0].worker_id)
+    assert body_of(push(b, sid, (1, "one"))) == {"ack": 1}
+    assert body_of(push(b, sid, (1, "one"), (2, "two"))) == {"ack": 2}  # a retried push, through the other worker
+    received: list[str] = []
+    ack = 0
+    while len(received) < 2:
+        answer = body_of(poll(b, sid, ack))  # held at A until the echo is sent
+        for message in answer["messages"]:
+            if message["seq"] == ack + 1:
+                ack += 1
+                received.append(message["data"])
+    assert received == ["one", "two"]
+    assert body_of(poll(a, sid, ack, "0")) == {"messages": [], "closed": None}
+    assert call(b, "DELETE", sid).status == 204
+    gone = poll(b, sid, ack, "0")
+    assert gone.status == 410 and body_of(gone)["closed"] == {"code": 1000, "reason": ""}
+
+
+def test_refusals_are_the_owners_exactly_as_locally(workers: Workers) -> None:
+    a, b = workers.handlers
+    sid = opened(a)
+    for handler in (a, b):
+        gap = push(handler, sid, (2, "x"))
+        assert (gap.status, body_of(gap)["error"]) == (400, "seq_gap")
+        bad = call(handler, "GET", sid, query=[("ack", "01")])
+        assert (bad.status, body_of(bad)["error"]) == (400, "bad_ack")
+        beyond = poll(handler, sid, 5, "0")
+        assert (beyond.status, body_of(beyond)["error"]) == (400, "bad_ack")
+    unknown = poll(b, "nobody-" + secrets.token_urlsafe(24), 0, "0")
+    assert (unknown.status, body_of(unknown)["error"]) == (410, "unknown_session")
+
+
+def test_a_graceful_stop_of_the_owner_answers_its_forwarded_polls_with_the_close(workers: Workers) -> None:
+    a, b = workers.handlers
+    sid = opened(a)
+    results: list[HttpResponse] = []
+    thread = threading.Thread(target=lambda: results.append(poll(b, sid, 0)))
+    thread.start()
+    wait_until(lambda: a.submit(_holds_poll(a, sid)).result(), what="the forwarded poll to be held at the owner")
+    a.close()
+    thread.join(5)
+    assert not thread.is_alive()
+    assert body_of(results[0])["closed"] == {"code": 1001, "reason": "server shutting down"}
+
+
+def test_when_the_owner_is_gone_its_clients_learn_1012_at_once(workers: Workers) -> None:
+    a, b = workers.handlers
+    sid = opened(a)
+    results: list[HttpResponse] = []
+    thread = threading.Thread(target=lambda: results.append(poll(b, sid, 0)))
+    thread.start()
+    wait_until(lambda: a.submit(_holds_poll(a, sid)).result(), what="the forwarded poll to be held at the owner")
+    a.submit(workers.backends[0].close()).result(5)  # the owner stops listening, as a killed worker does
+    thread.join(5)
+    assert not thread.is_alive(), "the held forwarded poll did not notice that its owner is gone"
+    assert results[0].status == 410
+    assert body_of(results[0])["closed"] == {"code": OWNER_GONE.code, "reason": OWNER_GONE.reason}
+    again = push(b, sid, (1, "late"))
+    assert (again.status, body_of(again)["closed"]["code"]) == (410, 1012)
+
+
+async def _holds_poll(handler: HttpHandler, sid: str) -> bool:
+    channel = handler._registry.channel(sid)
+    return channel is not None and channel.delivery.holds_poll
+
+
+def test_a_client_that_goes_away_releases_the_owners_held_poll(workers: Workers) -> None:
+    a, b = workers.handlers
+    sid = opened(a)
+
+    async def abandon() -> None:
+        context = FakeContext("GET", query=[("ack", "0")], headers={"Pollsession-Id": sid})
+        task = asyncio.ensure_future(b.handle_request_async(context))
+        deadline = asyncio.get_running_loop().time() + 5
+        while not await asyncio.wrap_future(a.submit(_holds_poll(a, sid))):  # let this loop run meanwhile
+            assert asyncio.get_running_loop().time() < deadline, "the forwarded poll was not held"
+        task.cancel()  # the client's connection closed
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(abandon())
+    finally:
+        loop.close()
+    wait_until(lambda: not a.submit(_holds_poll(a, sid)).result(), what="the owner to release the held poll")
+
+
+def test_redis_down_is_a_clear_503_and_service_resumes(redis_server: Any) -> None:
+    pair = Workers(redis_server.url, poll_timeout=5.0)
+    try:
+        a, b = pair.handlers
+        sid = opened(a)
+        assert body_of(push(b, sid, (1, "before"))) == {"ack": 1}
+        redis_server.stop()
+        down = push(b, sid, (2, "during"))
+        assert (down.status, body_of(down)["error"]) == (503, "backend_unavailable")
+        assert ("Retry-After", "1") in down.headers
+        assert body_of(push(a, sid, (2, "during"))) == {"ack": 2}  # the owner itself needs no Redis
+        redis_server.start()
+        wait_until(lambda: push(b, sid, (3, "after")).status == 200, 10.0,
+                   "a forwarded push to succeed once Redis is back")
+        ack, seen = 0, []
+        while len(seen) < 3:
+            for message in body_of(poll(a, sid, ack))["messages"]:
+                if message["seq"] == ack + 1:
+                    ack += 1
+                    seen.append(message["data"])
+        assert seen == ["before", "during", "after"]  # nothing lost, nothing doubled
+    finally:
+        pair.close()
+
+
+def test_sessions_leave_no_keys_in_redis(redis_server: Any) -> None:
+    pair = Workers(redis_server.url, poll_timeout=5.0)
+    try:
+        a, b = pair.handlers
+        before = set(redis_server.keys())
+        sids = [opened(a) for _ in range(20)] + [opened(b) for _ in range(20)]
+        for sid in sids:
+            push(b, sid, (1, "x"))
+        made = set(redis_server.keys()) - before
+        # Only one key per worker (its liveness, with a TTL): sessions make none.
+        assert made <= {f"{pair.backends[0]._name}:worker:{backend.worker_id}:alive".encode()
+                        for backend in pair.backends}
+    finally:
+        pair.close()
