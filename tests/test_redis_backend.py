@@ -231,3 +231,83 @@ def test_sessions_leave_no_keys_in_redis(redis_server: Any) -> None:
                         for backend in pair.backends}
     finally:
         pair.close()
+
+
+# -- broadcasts across workers ---------------------------------------------------------
+
+
+async def member(session: Session) -> None:
+    room = session.request.query.get("room")
+    if room:
+        session.join(room)
+    await session.wait_closed()
+
+
+def drain(handler: HttpHandler, sid: str, count: int) -> list[Any]:
+    """Poll ``sid`` (through ``handler``) until ``count`` messages arrived; return their data in order."""
+    ack, seen = 0, []
+    while len(seen) < count:
+        answer = body_of(poll(handler, sid, ack))
+        for message in answer["messages"]:
+            if message["seq"] == ack + 1:
+                ack += 1
+                seen.append(message["data"])
+        if answer["closed"] is not None:
+            break
+    return seen
+
+
+def test_broadcasts_reach_every_member_on_every_worker_once_in_one_order(redis_server: Any) -> None:
+    from pollsession.backends.redis import Publisher
+
+    name = "test-" + secrets.token_hex(4)
+    backends = [RedisBackend(redis_server.url, name=name, poll_timeout=5.0) for _ in range(3)]
+    handlers = [HttpHandler(member, backend=backend, shutdown_timeout=1, poll_timeout=5.0) for backend in backends]
+    try:
+        members = [(h, body_of(call(h, query=[("room", "r")]))["sid"]) for h in handlers for _ in range(5)]
+        outsiders = [(h, body_of(call(h))["sid"]) for h in handlers]
+        with Publisher(redis_server.url, name=name) as publisher:
+            futures = []
+            for n in range(60):
+                if n % 3 == 0:
+                    assert publisher.broadcast(f"p{n}", room="r") == 3  # from a process with no sessions
+                else:  # from the workers themselves, interleaved
+                    futures.append(handlers[n % 3].broadcast_threadsafe(f"w{n}", room="r"))
+            for future in futures:
+                assert future.result(5) == 3
+        orders = [drain(handlers[(i + 1) % 3], sid, 60) for i, (_, sid) in enumerate(members)]  # through other workers
+        assert all(sorted(order) == sorted(orders[0]) and len(set(order)) == 60 for order in orders)
+        assert all(order == orders[0] for order in orders), "members saw the broadcasts in different orders"
+        for handler, sid in outsiders:
+            assert body_of(poll(handler, sid, 0, "0"))["messages"] == []
+    finally:
+        for handler in handlers:
+            handler.close()
+
+
+def test_a_worker_that_may_have_missed_a_broadcast_closes_its_sessions_with_1013(redis_server: Any) -> None:
+    import redis
+
+    from pollsession.backends.redis import MISSED_BROADCAST, Publisher
+
+    name = "test-" + secrets.token_hex(4)
+    backend = RedisBackend(redis_server.url, name=name, poll_timeout=5.0)
+    handler = HttpHandler(member, backend=backend, shutdown_timeout=1, poll_timeout=5.0)
+    admin = redis.Redis.from_url(redis_server.url)
+    try:
+        sid = body_of(call(handler, query=[("room", "r")]))["sid"]
+        with Publisher(redis_server.url, name=name) as publisher:
+            publisher.broadcast("before", room="r")
+            assert drain(handler, sid, 1) == ["before"]
+            admin.client_kill_filter(_type="pubsub")  # the worker's subscription drops...
+            publisher.broadcast("missed", room="r")  # ...and a broadcast goes out before it is back
+        answer = body_of(poll(handler, sid, 1))
+        assert answer["closed"] == {"code": MISSED_BROADCAST.code, "reason": MISSED_BROADCAST.reason}
+        assert "missed" not in [m["data"] for m in answer["messages"]]
+        fresh = body_of(call(handler, query=[("room", "r")]))["sid"]  # the worker is back in service
+        with Publisher(redis_server.url, name=name) as publisher:
+            wait_until(lambda: publisher.broadcast("after", room="r") == 1, what="the worker to resubscribe")
+        assert drain(handler, fresh, 1) == ["after"]
+    finally:
+        admin.close()
+        handler.close()

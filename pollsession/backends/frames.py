@@ -22,12 +22,12 @@ from typing import Any
 
 from ..protocol.errors import HttpError, error_for_status
 from ..protocol.http import HttpResponse
-from ..protocol.messages import Packed
+from ..protocol.messages import Outgoing, Packed
 from ..protocol.requests import Delete, Poll, Push
 from ..protocol.wire import MessageType
 
-__all__ = ["Forwarded", "Cancel", "Answer", "encode_operation", "encode_cancel", "encode_answer", "decode",
-           "FrameError"]
+__all__ = ["Forwarded", "Cancel", "Answer", "Broadcast", "encode_operation", "encode_cancel", "encode_answer",
+           "encode_broadcast", "decode", "FrameError"]
 
 
 class FrameError(ValueError):
@@ -57,6 +57,16 @@ class Answer:
 
     id: str
     response: HttpResponse
+
+
+@dataclass(frozen=True, slots=True)
+class Broadcast:
+    """A broadcast for every worker's members: its number, the message, the room and the excluded id."""
+
+    number: int
+    message: Outgoing
+    room: str | None
+    exclude: str | None
 
 
 def _frame(header: dict[str, Any], payload: bytes = b"") -> bytes:
@@ -93,13 +103,19 @@ def encode_answer(request_id: str, response: HttpResponse) -> bytes:
                   response.body)
 
 
+def encode_broadcast(message: Outgoing, room: str | None, exclude: str | None) -> bytes:
+    """A broadcast frame without its number (``{"k":...``); the publisher splices ``"n":N,`` in after the brace."""
+    return _frame({"k": "bcast", "type": message.type.value, "size": message.size, "room": room,
+                   "exclude": exclude}, message.fragment)
+
+
 def _error(fields: Any) -> HttpError | None:
     if fields is None:
         return None
     return error_for_status(int(fields["status"]), str(fields["message"]), str(fields["code"]))
 
 
-def decode(frame: bytes) -> Forwarded | Cancel | Answer:
+def decode(frame: bytes) -> Forwarded | Cancel | Answer | Broadcast:
     """The frame's value; :class:`FrameError` for anything else."""
     head, sep, payload = frame.partition(b"\0")
     try:
@@ -113,6 +129,9 @@ def decode(frame: bytes) -> Forwarded | Cancel | Answer:
                                                      routine=bool(header["routine"])))
         if kind == "cancel":
             return Cancel(header["id"])
+        if kind == "bcast":
+            message = Outgoing(MessageType(header["type"]), payload, int(header["size"]))
+            return Broadcast(int(header["n"]), message, header["room"], header["exclude"])
         if kind != "op":
             raise ValueError(f"unknown frame kind {kind!r}")
         op = header["op"]

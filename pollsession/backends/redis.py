@@ -24,10 +24,17 @@ Failures, and what a client sees:
 * The client goes away during a forwarded poll: the forwarder tells the
   owner, which releases the held poll at once.
 
-Not yet built (issue 11): ``broadcast``, ``send_to``, ``session_count`` and
-``max_sessions`` across workers (they cover this worker's sessions only, and
-``broadcast`` refuses to run with this backend rather than reach a part of
-the room silently), and the bench's multi-worker mode.
+Broadcasts go through Redis too, to every worker (the one that broadcasts
+included), each delivering to its own members: Redis numbers each broadcast
+as it publishes it and delivers them in one order to every subscriber, so
+every member on every worker sees the same order. A worker whose subscription
+dropped may have missed broadcasts: when the number it sees next is not the
+one after the last it saw, it closes its sessions with
+:data:`MISSED_BROADCAST` (1013) rather than leave a gap. :class:`Publisher`
+broadcasts from a process that holds no sessions (a cron job, a Celery task).
+
+Not yet built (issue 11): ``send_to``, ``session_count`` and
+``max_sessions`` across workers (they cover this worker's sessions only).
 
 Thread-safety: the backend runs on its handler's loop; give each handler its
 own backend.
@@ -52,18 +59,49 @@ from ..protocol.errors import HttpError, ServiceUnavailable, UnknownSession
 from ..protocol.http import HttpResponse
 from ..protocol.requests import Delete, Poll
 from ..protocol.wire import Closed
-from ..server.backend import Backend, Forwardable, Serve
+from ..protocol.messages import Outgoing, encode_outgoing
+from ..server.backend import Backend, Forwardable, LocalSide
 from ..server.handler import error_response
-from .frames import Answer, Cancel, FrameError, Forwarded, decode, encode_answer, encode_cancel, encode_operation
+from .frames import (
+    Answer,
+    Broadcast,
+    Cancel,
+    FrameError,
+    Forwarded,
+    decode,
+    encode_answer,
+    encode_broadcast,
+    encode_cancel,
+    encode_operation,
+)
 
-__all__ = ["RedisBackend", "OWNER_GONE"]
+__all__ = ["RedisBackend", "Publisher", "OWNER_GONE", "MISSED_BROADCAST"]
 
 logger = logging.getLogger("pollsession.redis")
 
 OWNER_GONE = Closed(1012, "service restart")
 """The close a client learns when the worker that owned its session is gone."""
 
-_WORKER_ID_LENGTH = 8  # characters of token_urlsafe(6): 48 bits, URL-safe
+MISSED_BROADCAST = Closed(1013, "missed a broadcast; open a new session")
+"""The close of this worker's sessions when it may have missed a broadcast (its Redis subscription dropped)."""
+
+# Number the broadcast and publish it in one step, so the number order is the delivery order.
+_BROADCAST_SCRIPT = """
+local n = redis.call('INCR', KEYS[1])
+local receivers = redis.call('PUBLISH', KEYS[2], '{"n":' .. n .. ',' .. string.sub(ARGV[1], 2))
+return receivers
+"""
+
+_WORKER_ID_LENGTH = 8
+
+
+def _broadcast_channel(name: str) -> str:
+    return f"{name}:broadcast"
+
+
+def _broadcast_number_key(name: str) -> str:
+    """The one key of a deployment that outlives its sessions: the number of the last broadcast."""
+    return f"{name}:broadcast:number"  # characters of token_urlsafe(6): 48 bits, URL-safe
 
 
 class RedisBackend(Backend):
@@ -103,7 +141,7 @@ class RedisBackend(Backend):
         self.worker_id = secrets.token_urlsafe(6)
         self._redis: Any = None
         self._pubsub: Any = None
-        self._serve: Serve | None = None
+        self._broadcast_seen = 0  # the number of the last broadcast this worker saw
         self._listener: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._waiting: dict[str, asyncio.Future[HttpResponse]] = {}
@@ -121,6 +159,14 @@ class RedisBackend(Backend):
     def _alive_key(self, worker_id: str) -> str:
         return f"{self._name}:worker:{worker_id}:alive"
 
+    @property
+    def _broadcasts(self) -> str:
+        return _broadcast_channel(self._name)
+
+    @property
+    def _broadcast_number(self) -> str:
+        return _broadcast_number_key(self._name)
+
     # -- the seam ---------------------------------------------------------------
 
     def new_session_id(self) -> str:
@@ -129,14 +175,13 @@ class RedisBackend(Backend):
     def is_local(self, sid: str) -> bool:
         return sid[:_WORKER_ID_LENGTH] == self.worker_id
 
-    async def start(self, serve: Serve) -> None:
-        """Subscribe to this worker's channel and announce the worker; raises 503 when Redis is unreachable."""
-        self._serve = serve
+    async def start(self, local: LocalSide) -> None:
+        """Subscribe to this worker's channel and the broadcasts, announce the worker; 503 when Redis is unreachable."""
+        self._local = local
         self._redis = aioredis.from_url(self._url)
         try:
             await self._announce()
-            self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-            await self._pubsub.subscribe(self._channel(self.worker_id))
+            await self._subscribe()
         except (RedisError, OSError) as exc:
             await self._drop_connections()
             raise self._unreachable(exc) from None
@@ -165,6 +210,38 @@ class RedisBackend(Backend):
                 await client.aclose()
         except (RedisError, OSError):
             pass
+
+    async def _subscribe(self) -> None:
+        self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        await self._pubsub.subscribe(self._channel(self.worker_id), self._broadcasts)
+        number = await self._redis.get(self._broadcast_number)
+        self._broadcast_seen = int(number or 0)
+
+    # -- broadcasting -------------------------------------------------------------
+
+    async def broadcast(self, message: Outgoing, room: str | None, exclude: str | None) -> int:
+        """Publish the broadcast to every worker (this one included); return how many workers it reached."""
+        try:
+            receivers = await self._redis.eval(_BROADCAST_SCRIPT, 2, self._broadcast_number, self._broadcasts,
+                                               encode_broadcast(message, room, exclude))
+        except (RedisError, OSError) as exc:
+            raise self._unreachable(exc) from None
+        return int(receivers)
+
+    def _take_broadcast(self, broadcast: Broadcast) -> None:
+        # A number at or below the last one seen was published between our SUBSCRIBE and our
+        # reading of the counter: we are subscribed to it, it is no gap.
+        if broadcast.number > self._broadcast_seen:
+            if broadcast.number != self._broadcast_seen + 1:
+                self._missed(f"broadcasts {self._broadcast_seen + 1} to {broadcast.number - 1}")
+            self._broadcast_seen = broadcast.number
+        self._local.deliver(broadcast.message, broadcast.room, broadcast.exclude)
+
+    def _missed(self, what: str) -> None:
+        closed = self._local.close_all(MISSED_BROADCAST.code, MISSED_BROADCAST.reason)
+        if closed:
+            logger.warning("pollsession: worker %s may have missed %s; closed its %d sessions with %d",
+                           self.worker_id, what, closed, MISSED_BROADCAST.code)
 
     # -- forwarding (the worker that received the request) -------------------------
 
@@ -241,8 +318,10 @@ class RedisBackend(Backend):
         while True:
             try:
                 if self._pubsub is None:
-                    self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-                    await self._pubsub.subscribe(self._channel(self.worker_id))
+                    seen = self._broadcast_seen
+                    await self._subscribe()
+                    if self._broadcast_seen != seen:  # broadcasts went out (or Redis restarted) while we were away
+                        self._missed("broadcasts while the subscription was down")
                 message = await self._pubsub.get_message(timeout=self._liveness_interval)
                 failures = 0
             except asyncio.CancelledError:
@@ -265,7 +344,9 @@ class RedisBackend(Backend):
             except FrameError as exc:
                 self._warn(f"pollsession: ignoring a message on {self._channel(self.worker_id)}: {exc}")
                 continue
-            if isinstance(frame, Answer):
+            if isinstance(frame, Broadcast):
+                self._take_broadcast(frame)
+            elif isinstance(frame, Answer):
                 waiting = self._waiting.get(frame.id)
                 if waiting is not None and not waiting.done():
                     waiting.set_result(frame.response)
@@ -282,9 +363,8 @@ class RedisBackend(Backend):
             del self._serving[request_id]
 
     async def _answer(self, forwarded: Forwarded) -> None:
-        assert self._serve is not None
         try:
-            response = await self._serve(forwarded.operation, forwarded.path)
+            response = await self._local.serve(forwarded.operation, forwarded.path)
         except HttpError as error:
             response = error_response(error)
         try:
@@ -315,3 +395,51 @@ class RedisBackend(Backend):
         if now - self._last_warning >= 10.0:  # one WARNING per ten seconds at most
             self._last_warning = now
             logger.warning(text)
+
+
+class Publisher:
+    """Broadcast to the sessions of every worker from a process that holds none (sync; any thread).
+
+    ::
+
+        from pollsession.backends.redis import Publisher
+
+        publisher = Publisher("redis://127.0.0.1:6379/0", name="chat")
+        publisher.broadcast({"type": "news", "text": "deploy at 5"}, room="lobby")
+
+    ``name`` and ``max_message_size`` must be the workers' (``RedisBackend``'s
+    name, the handler's limit). The message is encoded once, numbered by
+    Redis with the workers' own broadcasts, and reaches every member on every
+    worker once, in the same order as everything else broadcast. Returns how
+    many workers it reached; raises ``ServiceUnavailable`` when Redis is
+    unreachable, and what ``Session.send`` raises for a value the protocol
+    cannot carry.
+    """
+
+    def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, name: str = "pollsession",
+                 max_message_size: int = 1 << 20) -> None:
+        import redis
+
+        self._redis = redis.Redis.from_url(url)
+        self._name = name
+        self._max_message_size = max_message_size
+
+    def broadcast(self, data: Any, *, room: str | None = None, exclude: str | None = None) -> int:
+        message = encode_outgoing(data, self._max_message_size)
+        try:
+            receivers = self._redis.eval(_BROADCAST_SCRIPT, 2, _broadcast_number_key(self._name),
+                                         _broadcast_channel(self._name), encode_broadcast(message, room, exclude))
+        except (RedisError, OSError) as exc:
+            raise ServiceUnavailable(f"the session store is unreachable ({type(exc).__name__})", retry_after=1,
+                                     code="backend_unavailable") from None
+        return int(receivers)
+
+    def close(self) -> None:
+        self._redis.close()
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+

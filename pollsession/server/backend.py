@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from ..protocol.http import HttpResponse
+from ..protocol.messages import Outgoing
 from ..protocol.requests import Delete, Poll, Push
 
-__all__ = ["Backend", "LocalBackend", "Serve", "Forwardable"]
+__all__ = ["Backend", "LocalBackend", "LocalSide", "Serve", "Deliver", "Forwardable"]
 
 Forwardable = Poll | Push | Delete
 """The operations that name a session, and so may belong to another worker."""
@@ -34,9 +36,26 @@ Serve = Callable[[Forwardable, str], Awaitable[HttpResponse]]
 """How a backend hands an operation that reached it from another worker to this
 worker's sessions: ``serve(operation, path)`` returns the answer."""
 
+Deliver = Callable[[Outgoing, "str | None", "str | None"], int]
+"""How a backend hands a broadcast to this worker's sessions: ``deliver(message,
+room, exclude)`` appends it to every local member at once and returns how many
+got it (``Rooms.deliver``'s rule: a member with a full outbox is closed with 1008)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LocalSide:
+    """What a backend may do to this worker's sessions, given to it by the handler at ``start``."""
+
+    serve: Serve
+    deliver: Deliver
+    close_all: Callable[[int, str], int]
+    """``close_all(code, reason)``: close every session of this worker (they may have missed a broadcast)."""
+
 
 class Backend:
     """Where sessions live; see the module docstring. Subclass it for a new store."""
+
+    _local: LocalSide
 
     def new_session_id(self) -> str:
         """A new, unguessable session id (192 bits from the OS CSPRNG, URL-safe)."""
@@ -46,8 +65,17 @@ class Backend:
         """Whether this worker owns the session ``sid`` (or no worker does)."""
         return True
 
-    async def start(self, serve: Serve) -> None:
-        """Begin taking operations from other workers; ``serve`` answers them here."""
+    async def start(self, local: LocalSide) -> None:
+        """Begin taking operations and broadcasts from other workers; ``local`` applies them here."""
+        self._local = local
+
+    async def broadcast(self, message: Outgoing, room: str | None, exclude: str | None) -> int:
+        """Deliver a broadcast to every member on every worker, all in the same order.
+
+        Returns how many sessions got it here and now (the local backend: all
+        of them); a backend of many workers returns how many workers it reached.
+        """
+        return self._local.deliver(message, room, exclude)
 
     async def forward(self, operation: Forwardable, path: str) -> HttpResponse:
         """Carry ``operation`` to the worker that owns its session and return that worker's answer."""

@@ -36,7 +36,7 @@ from ..protocol.messages import encode_outgoing
 from ..protocol.origins import HostPolicy, OriginPolicy
 from ..protocol.requests import ALLOW, SESSION_HEADER, Delete, Open, Operation, Poll, Preflight, Push, is_probe, parse_operation
 from ..protocol.wire import DEFAULT_LIMITS, POLL_MARGIN, Closed, PollAnswer, join_object, limits_fields, open_answer_parts
-from .backend import Backend, Forwardable, LocalBackend
+from .backend import Backend, Forwardable, LocalBackend, LocalSide
 from .loop import EventLoopThread, LoopStopped
 from .registry import Registry, Target
 from .session import Session
@@ -416,7 +416,8 @@ class HttpHandler:
             self._backend_lock = asyncio.Lock()
         async with self._backend_lock:
             if not self._backend_started:
-                await self._backend.start(self._serve_forwarded)
+                await self._backend.start(LocalSide(self._serve_forwarded, self._registry.broadcast,
+                                                    self._registry.close_all))
                 self._backend_started = True
 
     async def _serve_forwarded(self, operation: Forwardable, path: str) -> HttpResponse:
@@ -455,13 +456,16 @@ class HttpHandler:
         ``exclude`` (a session or an id) is skipped. Every member gets every
         broadcast once, in the same order as the others; a member whose
         outbox is full is closed with 1008 instead of holding everyone up.
-        Returns how many sessions got the message. From another thread, use
-        :meth:`broadcast_threadsafe`.
+        Returns how many sessions got the message (with a backend of several
+        workers, ``RedisBackend``, how many workers it reached: each delivers
+        it to its own members, in the same order everywhere). From another
+        thread, use :meth:`broadcast_threadsafe`.
         """
         self._require_loop_thread("broadcast")
         message = encode_outgoing(data, self.settings.max_message_size)
         excluded = exclude.id if isinstance(exclude, Session) else exclude
-        return self._registry.broadcast(message, room, excluded)
+        await self._start_backend()
+        return await self._backend.broadcast(message, room, excluded)
 
     def broadcast_threadsafe(
         self, data: Any, *, room: str | None = None, exclude: Session | str | None = None

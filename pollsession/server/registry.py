@@ -216,6 +216,13 @@ class Registry:
         members = self.rooms.members(room) if room is not None else list(self._sessions.values())
         return Rooms.deliver(message, members, exclude)
 
+    def close_all(self, code: int, reason: str) -> int:
+        """Close every open session with ``code`` (they are forgotten once their clients learn it); return how many."""
+        closed = 0
+        for session in list(self._sessions.values()):
+            closed += session.end(code, reason)
+        return closed
+
     # -- the session's task ----------------------------------------------------
 
     async def _run(self, session: Channel, application: Session) -> None:
