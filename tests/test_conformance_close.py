@@ -160,7 +160,7 @@ def test_messages_sent_just_before_a_close_reach_the_held_poll(server: Conforman
         await session.send("last words")
         await session.close(4005, "done")
 
-    server.handler.submit(send_then_close()).result(TIMEOUT)
+    server.handler_of(sid).submit(send_then_close()).result(TIMEOUT)
     first = held.result(AT_ONCE)
     messages, closed = first["messages"], first["closed"]
     if closed is None:  # the close may also ride on a later answer (nothing is acked yet)
@@ -268,7 +268,7 @@ def test_shutting_down_closes_every_session_with_1001(make_server: Any) -> None:
     idle, _ = srv.open()
     held = srv.in_background(srv.poll_ok, polled, 0)
     srv.wait_held(polled)
-    srv.handler.close()
+    srv.close_all()
     document = held.result(TIMEOUT)
     assert document["messages"] == [] and document["closed"]["code"] == 1001
     for sid in (polled, idle):

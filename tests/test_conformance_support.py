@@ -20,10 +20,13 @@ ordering two polls of one session without knowing it would mean hoping.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import base64
 import concurrent.futures
 import contextlib
+import itertools
 import json
+import os
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -147,16 +150,28 @@ def make_app(probes: dict[str, AppProbe]) -> Callable[[Session], Any]:
 
 
 class ConformanceServer:
-    """One running handler of one adapter, with request helpers."""
+    """One running target of one adapter, with request helpers.
+
+    With ``workers`` (the ``*-redis`` adapters) the target runs in several
+    handlers on one Redis, one per worker, each served on its own port; the
+    requests go round robin over ``bases``, so most of them reach a worker
+    that does not own their session and are forwarded, as behind a
+    round-robin balancer with no stickiness. White-box helpers act on the
+    handler that owns the session (:meth:`handler_of`).
+    """
 
     def __init__(
-        self, adapter: str, base: str, handler: HttpHandler, probes: dict[str, AppProbe], config: dict[str, Any]
+        self, adapter: str, base: str, handler: HttpHandler, probes: dict[str, AppProbe], config: dict[str, Any],
+        *, workers: list[HttpHandler] | None = None, bases: list[str] | None = None,
     ) -> None:
         self.adapter = adapter
         self.config = config
         self.base = base
         self.url = base + "/poll"
         self.handler = handler
+        self.workers = workers or [handler]
+        self.bases = bases or [base]
+        self._next_base = itertools.count()
         self.probes = probes
         # Each client thread keeps one requests.Session for this server, so that
         # requests reuse keep-alive connections the way real clients do.
@@ -197,8 +212,11 @@ class ConformanceServer:
         all_headers = dict(headers or {})
         if sid is not None:
             all_headers["Pollsession-Id"] = sid
+        base = self.bases[next(self._next_base) % len(self.bases)]
+        if len(self.bases) > 1:  # as behind a balancer: every worker sees the deployment's one Host
+            all_headers.setdefault("Host", urlsplit(self.base).netloc)
         return self.client.request(
-            method, self.base + path, params=params, headers=all_headers, timeout=TIMEOUT, **kwargs
+            method, base + path, params=params, headers=all_headers, timeout=TIMEOUT, **kwargs
         )
 
     def open(
@@ -262,6 +280,18 @@ class ConformanceServer:
     def probe(self, sid: str) -> AppProbe:
         return self.probes[sid]
 
+    def handler_of(self, sid: str) -> HttpHandler:
+        """The handler (worker) that owns the session ``sid``."""
+        for worker in self.workers:
+            if worker._backend.is_local(sid):
+                return worker
+        raise AssertionError(f"no worker owns {sid[:8]}")
+
+    def close_all(self) -> None:
+        """Shut every worker down (a deployment stopping)."""
+        for worker in self.workers:
+            worker.close()
+
     @property
     def sessions_started(self) -> int:
         """How many times the application's coroutine has been started."""
@@ -269,13 +299,13 @@ class ConformanceServer:
 
     def send(self, sid: str, value: Any) -> concurrent.futures.Future[None]:
         """Make the session send ``value`` (runs on the handler's loop)."""
-        return self.handler.submit(self.probe(sid).session.send(value))
+        return self.handler_of(sid).submit(self.probe(sid).session.send(value))
 
     def server_close(self, sid: str, code: int, reason: str) -> None:
-        self.handler.submit(self.probe(sid).session.close(code, reason)).result(TIMEOUT)
+        self.handler_of(sid).submit(self.probe(sid).session.close(code, reason)).result(TIMEOUT)
 
     def open_gate(self, sid: str) -> None:
-        self.handler.loop.call_soon_threadsafe(self.probe(sid).gate.set)
+        self.handler_of(sid).loop.call_soon_threadsafe(self.probe(sid).gate.set)
 
     def wait_ended(self, sid: str) -> tuple[int, str] | None:
         """Wait until the session's coroutine has ended; return the close it saw."""
@@ -285,11 +315,13 @@ class ConformanceServer:
 
     def held_poll(self, sid: str) -> object | None:
         """The poll the server holds for ``sid`` right now, or None (white-box, see module doc)."""
+        handler = self.handler_of(sid)
+
         async def peek() -> object | None:
-            channel = self.handler._registry.channel(sid)
+            channel = handler._registry.channel(sid)
             return channel.delivery.held_poll or None if channel is not None else None
 
-        return self.handler.submit(peek()).result(TIMEOUT)
+        return handler.submit(peek()).result(TIMEOUT)
 
     def wait_held(self, sid: str, other_than: object | None = None) -> object:
         """Wait until a poll (not ``other_than``) is held for ``sid``; return it."""
@@ -310,26 +342,73 @@ def running(
     """
     config.setdefault("shutdown_timeout", 1000 * MS)
     probes: dict[str, AppProbe] = {}
-    handler = HttpHandler(make_app(probes), **config)
-    mounts = {path: other or handler for path, other in (also_at or {}).items()}
+    framework, multi, _ = adapter.partition("-redis")
+    count = WORKERS if multi else 1
+    if count > 1:
+        url, name = shared_redis_url(), f"conformance-{next(_deployments)}"
+        handlers = [HttpHandler(make_app(probes), backend=_redis_backend(url, name, config), **config)
+                    for _ in range(count)]
+    else:
+        handlers = [HttpHandler(make_app(probes), **config)]
 
-    def extra(app_or_routes: Any) -> None:
-        for path, mounted in mounts.items():
-            if adapter == "flask":
-                from pollsession.adapters.flask import mount
+    def extra_for(handler: HttpHandler) -> Callable[[Any], None]:
+        mounts = {path: other or handler for path, other in (also_at or {}).items()}
 
-                mount(app_or_routes, path, mounted)
-            else:
-                from pollsession.adapters.tornado import route
+        def extra(app_or_routes: Any) -> None:
+            for path, mounted in mounts.items():
+                if framework == "flask":
+                    from pollsession.adapters.flask import mount
 
-                app_or_routes.append(route(path, mounted))
+                    mount(app_or_routes, path, mounted)
+                else:
+                    from pollsession.adapters.tornado import route
 
-    with serve(adapter, handler, extra=extra) as base:
-        conformance_server = ConformanceServer(adapter, base, handler, probes, config)
+                    app_or_routes.append(route(path, mounted))
+
+        return extra
+
+    with contextlib.ExitStack() as stack:
+        bases = [stack.enter_context(serve(framework, handler, extra=extra_for(handler))) for handler in handlers]
+        conformance_server = ConformanceServer(adapter, bases[0], handlers[0], probes, config,
+                                               workers=handlers, bases=bases)
         try:
             yield conformance_server
         finally:
             conformance_server.close_clients()
+
+
+# -- many workers on one Redis --------------------------------------------------------
+
+WORKERS = 3
+"""Workers of a ``*-redis`` deployment."""
+
+CONFORMANCE_ADAPTERS = (*ADAPTERS, "tornado-redis", "flask-redis")
+"""Every adapter, and the multi-worker deployments the conformance suite also runs against."""
+
+_deployments = itertools.count(1)
+_redis: Any = None
+
+
+def shared_redis_url() -> str:
+    """One real redis-server for the whole run (stopped at exit); skip, or fail under CI, without one."""
+    global _redis
+    from tests.redis_server import redis_problem, start_redis
+
+    problem = redis_problem()
+    if problem is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"the multi-worker conformance runs cannot run under CI: {problem}", pytrace=False)
+        pytest.skip(problem)
+    if _redis is None:
+        _redis = start_redis()
+        atexit.register(_redis.stop)
+    return str(_redis.url)
+
+
+def _redis_backend(url: str, name: str, config: dict[str, Any]) -> Any:
+    from pollsession.backends.redis import RedisBackend
+
+    return RedisBackend(url, name=name, poll_timeout=config.get("poll_timeout", 25.0), liveness_interval=0.2)
 
 
 def server_fixture(
@@ -340,7 +419,7 @@ def server_fixture(
     Assign it to a module variable of the same name in the test module.
     """
 
-    @pytest.fixture(name=name, scope=scope, params=ADAPTERS)
+    @pytest.fixture(name=name, scope=scope, params=CONFORMANCE_ADAPTERS)
     def fixture(request: pytest.FixtureRequest) -> Iterator[ConformanceServer]:
         with running(request.param, **config()) as srv:
             yield srv
@@ -352,7 +431,7 @@ def server_fixture(
 server = server_fixture("server", lambda: dict(SHARED_CONFIG))
 
 
-@pytest.fixture(params=ADAPTERS)
+@pytest.fixture(params=CONFORMANCE_ADAPTERS)
 def make_server(request: pytest.FixtureRequest) -> Iterator[Callable[..., ConformanceServer]]:
     """A factory of fresh servers of one adapter, for tests that need their own config."""
     with contextlib.ExitStack() as stack:

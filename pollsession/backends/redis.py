@@ -33,8 +33,13 @@ one after the last it saw, it closes its sessions with
 :data:`MISSED_BROADCAST` (1013) rather than leave a gap. :class:`Publisher`
 broadcasts from a process that holds no sessions (a cron job, a Celery task).
 
-Not yet built (issue 11): ``send_to``, ``session_count`` and
-``max_sessions`` across workers (they cover this worker's sessions only).
+``max_sessions`` and ``session_count()`` cover every worker: each worker keeps
+its count in Redis (a key with a TTL, refreshed by its heartbeat, so a killed
+worker's sessions stop counting when it expires). Opens racing on several
+workers at the limit may pass it by their number.
+
+Not yet built (issue 11): ``send_to`` across workers (it reaches this
+worker's sessions only).
 
 Thread-safety: the backend runs on its handler's loop; give each handler its
 own backend.
@@ -92,6 +97,18 @@ local receivers = redis.call('PUBLISH', KEYS[2], '{"n":' .. n .. ',' .. string.s
 return receivers
 """
 
+# The sessions of every live worker, and forgetting the dead (whose count key expired).
+_COUNT_SCRIPT = """
+local total = 0
+for _, worker in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if worker ~= ARGV[1] then
+    local count = redis.call('GET', ARGV[2] .. worker .. ':sessions')
+    if count then total = total + tonumber(count) else redis.call('SREM', KEYS[1], worker) end
+  end
+end
+return total
+"""
+
 _WORKER_ID_LENGTH = 8
 
 
@@ -142,6 +159,9 @@ class RedisBackend(Backend):
         self._redis: Any = None
         self._pubsub: Any = None
         self._broadcast_seen = 0  # the number of the last broadcast this worker saw
+        self._local_count = 0
+        self._count_dirty: asyncio.Event | None = None
+        self._counter: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._waiting: dict[str, asyncio.Future[HttpResponse]] = {}
@@ -158,6 +178,13 @@ class RedisBackend(Backend):
 
     def _alive_key(self, worker_id: str) -> str:
         return f"{self._name}:worker:{worker_id}:alive"
+
+    def _count_key(self, worker_id: str) -> str:
+        return f"{self._name}:worker:{worker_id}:sessions"
+
+    @property
+    def _workers(self) -> str:
+        return f"{self._name}:workers"
 
     @property
     def _broadcasts(self) -> str:
@@ -185,6 +212,8 @@ class RedisBackend(Backend):
         except (RedisError, OSError) as exc:
             await self._drop_connections()
             raise self._unreachable(exc) from None
+        self._count_dirty = asyncio.Event()
+        self._counter = asyncio.create_task(self._publish_count(), name=f"pollsession-redis-count-{self.worker_id}")
         self._listener = asyncio.create_task(self._listen(), name=f"pollsession-redis-{self.worker_id}")
         self._heartbeat = asyncio.create_task(self._beat(), name=f"pollsession-redis-beat-{self.worker_id}")
 
@@ -192,7 +221,13 @@ class RedisBackend(Backend):
         """Stop listening and heartbeating; the worker key expires by itself (its clients then learn 1012)."""
         if self._serving:  # answers to forwarded requests, being published
             await asyncio.wait(set(self._serving.values()), timeout=1.0)
-        for task in (self._listener, self._heartbeat, *self._serving.values()):
+        if self._counter is not None and self._redis is not None:
+            try:  # this worker's sessions no longer count
+                await self._redis.delete(self._count_key(self.worker_id))
+                await self._redis.srem(self._workers, self.worker_id)
+            except (RedisError, OSError):
+                pass
+        for task in (self._listener, self._heartbeat, self._counter, *self._serving.values()):
             if task is not None:
                 task.cancel()
         for future in self._waiting.values():
@@ -216,6 +251,60 @@ class RedisBackend(Backend):
         await self._pubsub.subscribe(self._channel(self.worker_id), self._broadcasts)
         number = await self._redis.get(self._broadcast_number)
         self._broadcast_seen = int(number or 0)
+
+    # -- counting sessions across workers --------------------------------------------
+
+    async def admit(self, limit: int, local_count: int) -> bool:
+        """``max_sessions`` over every worker (opens racing on several workers may pass it by their number)."""
+        return local_count + await self.count_sessions(0) < limit
+
+    async def count_sessions(self, local_count: int) -> int:
+        try:
+            others = await self._redis.eval(_COUNT_SCRIPT, 1, self._workers, self.worker_id,
+                                            f"{self._name}:worker:")
+        except (RedisError, OSError) as exc:
+            raise self._unreachable(exc) from None
+        return local_count + int(others)
+
+    def sessions_changed(self, local_count: int) -> None:
+        self._local_count = local_count
+        if self._count_dirty is not None:
+            self._count_dirty.set()  # written by _publish_count, at most one write in flight
+
+    async def opened(self, local_count: int) -> None:
+        self._local_count = local_count
+        try:
+            await self._write_count()
+        except (RedisError, OSError) as exc:
+            self._warn(f"pollsession: could not record this worker's session count in Redis ({exc})")
+            self.sessions_changed(local_count)
+
+    async def settle(self) -> None:
+        if self._count_dirty is not None and self._count_dirty.is_set():
+            self._count_dirty.clear()
+            try:
+                await self._write_count()
+            except (RedisError, OSError) as exc:
+                self._warn(f"pollsession: could not record this worker's session count in Redis ({exc})")
+                self._count_dirty.set()
+
+    async def _publish_count(self) -> None:
+        assert self._count_dirty is not None
+        while True:
+            await self._count_dirty.wait()
+            self._count_dirty.clear()
+            try:
+                await self._write_count()
+            except (RedisError, OSError) as exc:
+                self._warn(f"pollsession: could not record this worker's session count in Redis ({exc})")
+                self._count_dirty.set()
+                await asyncio.sleep(1.0)
+
+    async def _write_count(self) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.set(self._count_key(self.worker_id), self._local_count, ex=max(1, int(self._worker_ttl)))
+            pipe.sadd(self._workers, self.worker_id)
+            await pipe.execute()
 
     # -- broadcasting -------------------------------------------------------------
 
@@ -374,6 +463,8 @@ class RedisBackend(Backend):
 
     async def _announce(self) -> None:
         await self._redis.set(self._alive_key(self.worker_id), b"1", ex=max(1, int(self._worker_ttl)))
+        if self._count_dirty is not None:
+            self._count_dirty.set()  # refresh the count key's TTL too
 
     async def _beat(self) -> None:
         while True:

@@ -77,6 +77,24 @@ class Backend:
         """
         return self._local.deliver(message, room, exclude)
 
+    async def admit(self, limit: int, local_count: int) -> bool:
+        """Whether one more session fits ``max_sessions`` (``limit``) with ``local_count`` held here."""
+        return local_count < limit
+
+    def sessions_changed(self, local_count: int) -> None:
+        """This worker now holds ``local_count`` sessions (called when sessions are forgotten)."""
+
+    async def opened(self, local_count: int) -> None:
+        """A session opened here (``local_count`` now): counted everywhere before its open is answered."""
+        self.sessions_changed(local_count)
+
+    async def settle(self) -> None:
+        """Before a request's answer: make what it changed visible to every worker (a forgotten session's count)."""
+
+    async def count_sessions(self, local_count: int) -> int:
+        """The sessions of every worker, ``local_count`` being this one's."""
+        return local_count
+
     async def forward(self, operation: Forwardable, path: str) -> HttpResponse:
         """Carry ``operation`` to the worker that owns its session and return that worker's answer."""
         raise NotImplementedError("a LocalBackend owns every session")

@@ -199,7 +199,7 @@ class HttpHandler:
         self._backend = backend if backend is not None else LocalBackend()
         self._backend_started = False
         self._backend_lock: asyncio.Lock | None = None
-        self._registry = Registry(coroutine_function, self.settings, new_session_id=self._backend.new_session_id)
+        self._registry = Registry(coroutine_function, self.settings, backend=self._backend)
         # The open answer's limits, encoded once.
         self._open_limits = limits_fields(self.settings.limits())
         # Threads blocked in a held poll (handle_request), under _lock.
@@ -393,12 +393,14 @@ class HttpHandler:
                                         [(SESSION_HEADER, sid)])
             if isinstance(operation, Poll):
                 parts = await self._registry.poll(operation.sid, path, operation.ack, operation.wait, operation.error)
+                await self._backend.settle()  # a final poll forgot its session: every worker counts that now
                 return _answer_response(parts)
             if isinstance(operation, Push):
                 answer = self._registry.push(operation.sid, path, operation.batch, operation.error)
                 return _answer_response([answer.encode()])
             assert isinstance(operation, Delete) and operation.sid is not None
             self._registry.delete(operation.sid, path)
+            await self._backend.settle()
             return HttpResponse(204)
         except HttpError as error:
             return error_response(error)
@@ -489,8 +491,23 @@ class HttpHandler:
         return self._call_on_loop(self._registry.get, sid)
 
     def session_count(self) -> int:
-        """How many sessions the target holds (closed ones count until forgotten)."""
-        return self._call_on_loop(len, self._registry)
+        """How many sessions the target holds (closed ones count until forgotten), on every worker.
+
+        With a backend of several workers (``RedisBackend``) this asks Redis:
+        call it from any thread but the handler's loop (on the loop,
+        ``await handler.count_sessions()``).
+        """
+        if isinstance(self._backend, LocalBackend):
+            return self._call_on_loop(len, self._registry)
+        if self._loop_thread.in_loop_thread():
+            raise RuntimeError("session_count() would block the handler's loop: use 'await handler.count_sessions()'")
+        return self.submit(self.count_sessions()).result()
+
+    async def count_sessions(self) -> int:
+        """:meth:`session_count` for code on the handler's loop."""
+        self._require_loop_thread("count_sessions")
+        await self._start_backend()
+        return await self._backend.count_sessions(len(self._registry))
 
     def _call_on_loop(self, function: Callable[..., T], *args: Any) -> T:
         if self._loop_thread.in_loop_thread() or not self._loop_thread.started:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -29,6 +28,7 @@ from ..protocol.http import RequestInfo
 from ..protocol.limits import ClientLimits
 from ..protocol.messages import Outgoing, Packed
 from ..protocol.wire import SUPERSEDED_PARTS, Closed, PushAnswer
+from .backend import Backend, LocalBackend
 from .channel import Channel, PollWake
 from .rooms import Rooms
 from .session import Session
@@ -43,10 +43,9 @@ Target = Callable[[Session], Awaitable[None]]
 class Registry:
     """Sessions by id, their tasks, their expiry order; loop thread only."""
 
-    def __init__(self, target: Target, settings: Settings, *,
-                 new_session_id: Callable[[], str] = lambda: secrets.token_urlsafe(24)) -> None:
+    def __init__(self, target: Target, settings: Settings, *, backend: Backend | None = None) -> None:
         self._target = target
-        self._new_session_id = new_session_id
+        self._backend = backend if backend is not None else LocalBackend()
         self._settings = settings
         self._sessions: dict[str, Channel] = {}
         self._paths: dict[str, str] = {}
@@ -97,7 +96,8 @@ class Registry:
 
     def _forget(self, session: Channel) -> None:
         path = self._paths.pop(session.id, None)
-        self._sessions.pop(session.id, None)
+        if self._sessions.pop(session.id, None) is not None:
+            self._backend.sessions_changed(len(self._sessions))
         self._expiry.discard(session.id)
         self._unused.discard(session.id)
         self._limits.closed(self._client_keys.pop(session.id, None))
@@ -122,7 +122,7 @@ class Registry:
         if self._shutting_down:
             raise ServiceUnavailable("the server is shutting down", retry_after=self._settings.retry_after,
                                      code="shutting_down")
-        if len(self._sessions) >= self._settings.max_sessions:
+        if not await self._backend.admit(self._settings.max_sessions, len(self._sessions)):
             raise ServiceUnavailable(
                 f"the maximum of {self._settings.max_sessions} sessions is reached",
                 retry_after=self._settings.retry_after,
@@ -130,7 +130,7 @@ class Registry:
             )
         now = self._settings.clock()
         self._limits.check(client_key, now)
-        sid = self._new_session_id()  # 192 bits from the OS CSPRNG, URL-safe (see Backend.new_session_id)
+        sid = self._backend.new_session_id()  # 192 bits from the OS CSPRNG, URL-safe
         delivery = Delivery(
             inbox_limit=self._settings.inbox_limit,
             outbox_limit=self._settings.outbox_limit,
@@ -153,7 +153,9 @@ class Registry:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         self._ensure_timer()
-        # Let the coroutine run to its first wait, so a greeting rides on this answer.
+        # Counted by every worker before the answer; and it lets the coroutine run to its
+        # first wait, so a greeting rides on this answer.
+        await self._backend.opened(len(self._sessions))
         await asyncio.sleep(0)
         messages, closed = session.delivery.answer_parts()
         return sid, messages, closed
@@ -300,6 +302,7 @@ class Registry:
         # Until the handler answers without the loop, a poll still finds the close here.
         self._ended.update(final)
         self._sessions.clear()
+        self._backend.sessions_changed(0)
         self._paths.clear()
         self._client_keys.clear()
         return final
