@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from pollsession import HttpHandler, Session
+from pollsession import HttpHandler, Session, SessionClosed
 from pollsession.backends.frames import Answer, Cancel, Forwarded, decode, encode_answer, encode_cancel, encode_operation
 from pollsession.backends.redis import OWNER_GONE, RedisBackend
 from pollsession.protocol.http import HttpResponse
@@ -218,7 +218,10 @@ def test_redis_down_is_a_clear_503_and_service_resumes(redis_server: Any) -> Non
 
 
 def test_sessions_leave_no_keys_in_redis(redis_server: Any) -> None:
+    import redis
+
     pair = Workers(redis_server.url, poll_timeout=5.0)
+    admin = redis.Redis.from_url(redis_server.url)
     try:
         a, b = pair.handlers
         before = set(redis_server.keys())
@@ -226,11 +229,18 @@ def test_sessions_leave_no_keys_in_redis(redis_server: Any) -> None:
         for sid in sids:
             push(b, sid, (1, "x"))
         made = set(redis_server.keys()) - before
-        # Only one key per worker (its liveness, with a TTL): sessions make none.
-        assert made <= {f"{pair.backends[0]._name}:worker:{backend.worker_id}:alive".encode()
-                        for backend in pair.backends}
+        # A few keys per worker (liveness, session count) and the deployment's worker set, all with a
+        # TTL; sessions make none (40 sessions, 5 keys).
+        prefix = pair.backends[0]._name.encode()
+        assert all(key.startswith(prefix) for key in made) and len(made) == 5, made
+        assert all(admin.ttl(key) > 0 for key in made), {key: admin.ttl(key) for key in made}
+        for sid in sids:
+            call(a, "DELETE", sid)
+        wait_until(lambda: a.session_count() == 0, what="every session to be forgotten on every worker")
     finally:
+        admin.close()
         pair.close()
+    assert set(redis_server.keys()) - before <= {key for key in made if key.endswith(b":alive")}
 
 
 # -- broadcasts across workers ---------------------------------------------------------
@@ -311,3 +321,29 @@ def test_a_worker_that_may_have_missed_a_broadcast_closes_its_sessions_with_1013
     finally:
         admin.close()
         handler.close()
+
+
+def test_send_to_reaches_a_session_on_another_worker(workers: Workers) -> None:
+    a, b = workers.handlers
+    sid = opened(a)
+    b.submit(b.send_to(sid, {"to": "you"})).result(5)
+    assert body_of(poll(b, sid, 0, "0"))["messages"] == [{"seq": 1, "type": "json", "data": {"to": "you"}}]
+    with pytest.raises(KeyError):
+        b.submit(b.send_to(workers.backends[0].worker_id + "x" * 32, "nobody")).result(5)
+    a.submit(a.get_session(sid).close(4001, "done")).result(5)
+    with pytest.raises(SessionClosed) as closed:
+        b.submit(b.send_to(sid, "late")).result(5)
+    assert (closed.value.code, closed.value.reason) == (4001, "done")
+    assert a.session_count() == b.session_count() == 1  # closed, not yet forgotten: it still counts
+
+
+def test_max_sessions_covers_every_worker(redis_server: Any) -> None:
+    pair = Workers(redis_server.url, poll_timeout=5.0, max_sessions=3)
+    try:
+        a, b = pair.handlers
+        opened(a), opened(b), opened(a)
+        refused = call(b)
+        assert (refused.status, body_of(refused)["error"]) == (503, "too_many_sessions")
+        assert a.session_count() == b.session_count() == 3
+    finally:
+        pair.close()

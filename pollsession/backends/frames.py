@@ -24,10 +24,10 @@ from ..protocol.errors import HttpError, error_for_status
 from ..protocol.http import HttpResponse
 from ..protocol.messages import Outgoing, Packed
 from ..protocol.requests import Delete, Poll, Push
-from ..protocol.wire import MessageType
+from ..protocol.wire import Closed, MessageType
 
-__all__ = ["Forwarded", "Cancel", "Answer", "Broadcast", "encode_operation", "encode_cancel", "encode_answer",
-           "encode_broadcast", "decode", "FrameError"]
+__all__ = ["Forwarded", "SendTo", "Cancel", "Answer", "Broadcast", "encode_operation", "encode_send",
+           "encode_cancel", "encode_answer", "encode_broadcast", "decode", "decode_closed", "FrameError"]
 
 
 class FrameError(ValueError):
@@ -42,6 +42,16 @@ class Forwarded:
     reply: str
     path: str
     operation: Poll | Push | Delete
+
+
+@dataclass(frozen=True, slots=True)
+class SendTo:
+    """``HttpHandler.send_to`` for a session of this worker, and where to answer."""
+
+    id: str
+    reply: str
+    sid: str
+    message: Outgoing
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +103,11 @@ def encode_operation(request_id: str, reply: str, path: str, operation: Poll | P
     return _frame(header)
 
 
+def encode_send(request_id: str, reply: str, sid: str, message: Outgoing) -> bytes:
+    return _frame({"k": "send", "id": request_id, "reply": reply, "sid": sid, "type": message.type.value,
+                   "size": message.size}, message.fragment)
+
+
 def encode_cancel(request_id: str) -> bytes:
     return _frame({"k": "cancel", "id": request_id})
 
@@ -109,13 +124,22 @@ def encode_broadcast(message: Outgoing, room: str | None, exclude: str | None) -
                    "exclude": exclude}, message.fragment)
 
 
+def decode_closed(body: bytes) -> Closed:
+    """The ``closed`` of an error body the owner answered (a 410): its close, else 1006."""
+    try:
+        closed = json.loads(body)["closed"]
+        return Closed(int(closed["code"]), str(closed["reason"]))
+    except (ValueError, KeyError, TypeError):
+        return Closed(1006, "")
+
+
 def _error(fields: Any) -> HttpError | None:
     if fields is None:
         return None
     return error_for_status(int(fields["status"]), str(fields["message"]), str(fields["code"]))
 
 
-def decode(frame: bytes) -> Forwarded | Cancel | Answer | Broadcast:
+def decode(frame: bytes) -> Forwarded | SendTo | Cancel | Answer | Broadcast:
     """The frame's value; :class:`FrameError` for anything else."""
     head, sep, payload = frame.partition(b"\0")
     try:
@@ -129,6 +153,9 @@ def decode(frame: bytes) -> Forwarded | Cancel | Answer | Broadcast:
                                                      routine=bool(header["routine"])))
         if kind == "cancel":
             return Cancel(header["id"])
+        if kind == "send":
+            return SendTo(header["id"], header["reply"], header["sid"],
+                          Outgoing(MessageType(header["type"]), payload, int(header["size"])))
         if kind == "bcast":
             message = Outgoing(MessageType(header["type"]), payload, int(header["size"]))
             return Broadcast(int(header["n"]), message, header["room"], header["exclude"])

@@ -38,8 +38,9 @@ its count in Redis (a key with a TTL, refreshed by its heartbeat, so a killed
 worker's sessions stop counting when it expires). Opens racing on several
 workers at the limit may pass it by their number.
 
-Not yet built (issue 11): ``send_to`` across workers (it reaches this
-worker's sessions only).
+``send_to`` reaches a session on any worker: the owner sends it, waiting for
+room as ``Session.send`` does; a session whose owner is gone raises
+``SessionClosed`` with 1012.
 
 Thread-safety: the backend runs on its handler's loop; give each handler its
 own backend.
@@ -60,7 +61,7 @@ try:
 except ImportError as exc:  # pragma: no cover - the extra is missing
     raise ImportError("RedisBackend needs redis-py: pip install 'pollsession[redis]'") from exc
 
-from ..protocol.errors import HttpError, ServiceUnavailable, UnknownSession
+from ..protocol.errors import HttpError, ServiceUnavailable, SessionClosed, UnknownSession
 from ..protocol.http import HttpResponse
 from ..protocol.requests import Delete, Poll
 from ..protocol.wire import Closed
@@ -73,11 +74,14 @@ from .frames import (
     Cancel,
     FrameError,
     Forwarded,
+    SendTo,
     decode,
+    decode_closed,
     encode_answer,
     encode_broadcast,
     encode_cancel,
     encode_operation,
+    encode_send,
 )
 
 __all__ = ["RedisBackend", "Publisher", "OWNER_GONE", "MISSED_BROADCAST"]
@@ -221,6 +225,8 @@ class RedisBackend(Backend):
         """Stop listening and heartbeating; the worker key expires by itself (its clients then learn 1012)."""
         if self._serving:  # answers to forwarded requests, being published
             await asyncio.wait(set(self._serving.values()), timeout=1.0)
+        if self._counter is not None:
+            self._counter.cancel()  # so that it does not write the count again
         if self._counter is not None and self._redis is not None:
             try:  # this worker's sessions no longer count
                 await self._redis.delete(self._count_key(self.worker_id))
@@ -304,6 +310,7 @@ class RedisBackend(Backend):
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.set(self._count_key(self.worker_id), self._local_count, ex=max(1, int(self._worker_ttl)))
             pipe.sadd(self._workers, self.worker_id)
+            pipe.expire(self._workers, max(1, int(self._worker_ttl)))
             await pipe.execute()
 
     # -- broadcasting -------------------------------------------------------------
@@ -358,7 +365,7 @@ class RedisBackend(Backend):
         finally:
             self._waiting.pop(request_id, None)
 
-    async def _wait_for(self, answer: asyncio.Future[HttpResponse], owner: str, operation: Forwardable,
+    async def _wait_for(self, answer: asyncio.Future[HttpResponse], owner: str, operation: Forwardable | None,
                         budget: float) -> HttpResponse:
         deadline = time.monotonic() + budget
         while True:
@@ -378,7 +385,7 @@ class RedisBackend(Backend):
             if not subscribers and not answer.done():
                 return await self._owner_gone(owner, operation)
 
-    async def _owner_gone(self, owner: str, operation: Forwardable) -> HttpResponse:
+    async def _owner_gone(self, owner: str, operation: Forwardable | None) -> HttpResponse:
         """Nobody listens for ``owner``: its sessions ended with it (1012) if it was a worker, else unknown."""
         try:
             known = bool(await self._redis.exists(self._alive_key(owner))) if owner else False
@@ -444,8 +451,54 @@ class RedisBackend(Backend):
                 if task is not None:
                     task.cancel()
             else:
-                self._serving[frame.id] = task = asyncio.create_task(self._answer(frame))
+                work = self._answer(frame) if isinstance(frame, Forwarded) else self._send_here(frame)
+                self._serving[frame.id] = task = asyncio.create_task(work)
                 task.add_done_callback(functools.partial(self._served, frame.id))
+
+    async def _send_here(self, request: SendTo) -> None:
+        """``send_to`` from another worker: 204 sent, 404 unknown, 410 closed (with the close)."""
+        try:
+            await self._local.send_to(request.sid, request.message)
+            response = HttpResponse(204)
+        except KeyError:
+            response = HttpResponse(404)
+        except SessionClosed as closed:
+            response = error_response(UnknownSession("the session is closed", code="session_closed",
+                                                     closed=Closed(closed.code, closed.reason)))
+        try:
+            await self._redis.publish(request.reply, encode_answer(request.id, response))
+        except (RedisError, OSError) as exc:
+            self._warn(f"pollsession: could not send an answer through Redis ({exc})")
+
+    async def send_to(self, sid: str, message: Outgoing) -> None:
+        """Send to another worker's session, waiting for room there (KeyError, SessionClosed as locally)."""
+        owner = sid[:_WORKER_ID_LENGTH]
+        request_id = secrets.token_urlsafe(12)
+        answer: asyncio.Future[HttpResponse] = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = answer
+        try:
+            try:
+                receivers = await self._redis.publish(self._channel(owner),
+                                                      encode_send(request_id, self._channel(self.worker_id), sid,
+                                                                  message))
+            except (RedisError, OSError) as exc:
+                raise self._unreachable(exc) from None
+            if not receivers:
+                raise SessionClosed(OWNER_GONE.code, OWNER_GONE.reason)
+            response = await self._wait_for(answer, owner, None, float("inf"))
+        except asyncio.CancelledError:
+            if not answer.done():
+                self._tell(owner, encode_cancel(request_id))
+            raise
+        finally:
+            self._waiting.pop(request_id, None)
+        if response.status == 404:
+            raise KeyError(sid)
+        if response.status == 410:
+            closed = decode_closed(response.body)
+            raise SessionClosed(closed.code, closed.reason)
+        if response.status != 204:  # the owner is gone, or did not answer
+            raise SessionClosed(OWNER_GONE.code, OWNER_GONE.reason)
 
     def _served(self, request_id: str, task: asyncio.Task[None]) -> None:
         if self._serving.get(request_id) is task:

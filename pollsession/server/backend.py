@@ -50,6 +50,8 @@ class LocalSide:
     deliver: Deliver
     close_all: Callable[[int, str], int]
     """``close_all(code, reason)``: close every session of this worker (they may have missed a broadcast)."""
+    send_to: Callable[[str, Outgoing], Awaitable[None]]
+    """``send_to(sid, message)``: send to a session of this worker, waiting for room (KeyError, SessionClosed)."""
 
 
 class Backend:
@@ -94,6 +96,10 @@ class Backend:
     async def count_sessions(self, local_count: int) -> int:
         """The sessions of every worker, ``local_count`` being this one's."""
         return local_count
+
+    async def send_to(self, sid: str, message: Outgoing) -> None:
+        """Send to another worker's session, waiting for room there; KeyError or SessionClosed as locally."""
+        raise KeyError(sid)
 
     async def forward(self, operation: Forwardable, path: str) -> HttpResponse:
         """Carry ``operation`` to the worker that owns its session and return that worker's answer."""

@@ -419,7 +419,7 @@ class HttpHandler:
         async with self._backend_lock:
             if not self._backend_started:
                 await self._backend.start(LocalSide(self._serve_forwarded, self._registry.broadcast,
-                                                    self._registry.close_all))
+                                                    self._registry.close_all, self._registry.send_to))
                 self._backend_started = True
 
     async def _serve_forwarded(self, operation: Forwardable, path: str) -> HttpResponse:
@@ -481,10 +481,11 @@ class HttpHandler:
         Raises ``KeyError`` for an unknown id and ``SessionClosed`` for a closed session.
         """
         self._require_loop_thread("send_to")
-        session = self._registry.get(sid)
-        if session is None:
-            raise KeyError(sid)
-        await session.send(data)
+        if not self._backend.is_local(sid):  # another worker's session
+            await self._start_backend()
+            await self._backend.send_to(sid, encode_outgoing(data, self.settings.max_message_size))
+            return
+        await self._registry.send_to(sid, encode_outgoing(data, self.settings.max_message_size))
 
     def get_session(self, sid: str) -> Session | None:
         """The open or closing session with this id, if any. Use the session on the loop only."""

@@ -218,6 +218,13 @@ class Registry:
         members = self.rooms.members(room) if room is not None else list(self._sessions.values())
         return Rooms.deliver(message, members, exclude)
 
+    async def send_to(self, sid: str, message: Outgoing) -> None:
+        """Send to one session by id, waiting for room; KeyError when unknown, SessionClosed when closed."""
+        session = self._sessions.get(sid)
+        if session is None:
+            raise KeyError(sid)
+        await session.send(message)
+
     def close_all(self, code: int, reason: str) -> int:
         """Close every open session with ``code`` (they are forgotten once their clients learn it); return how many."""
         closed = 0
