@@ -102,6 +102,27 @@ def test_closing_refuses_waiting_senders_and_later_sends() -> None:
         delivery.claim(ticket, out("2"))
 
 
+def test_a_sender_granted_room_before_the_close_still_appends() -> None:
+    delivery = core(outbox=1)
+    delivery.send(out("1"))
+    ticket = delivery.wait_for_room(10)
+    assert delivery.acknowledge(1) == [ticket]
+    delivery.close(1000)
+    assert delivery.claim(ticket, out("2")) == 2  # it called send() before the close
+    document = answer(delivery)
+    assert [m["data"] for m in document["messages"]] == ["2"] and document["closed"]["code"] == 1000
+
+
+def test_nobody_passes_a_sender_granted_room_that_has_not_appended_yet() -> None:
+    delivery = core(outbox=2)
+    delivery.send(out("1"))
+    delivery.send(out("2"))
+    ticket = delivery.wait_for_room(10)
+    assert delivery.acknowledge(2) == [ticket]
+    assert delivery.send(out("later")) is None  # there is room, but the granted sender came first
+    assert delivery.claim(ticket, out("3")) == 3
+
+
 def test_one_message_always_fits_an_empty_outbox_whatever_its_bytes() -> None:
     delivery = core(outbox=4, outbox_bytes=10)
     assert delivery.send(out("x" * 500)) == 1
@@ -221,24 +242,33 @@ class Client:
 
 @dataclass
 class Server:
-    """The application's side: values to send (some waiting for room) and what it read."""
+    """The application's side: ``send`` calls in order, some waiting for room, and what it read."""
 
     to_send: list[str]
-    sent: list[str] = field(default_factory=list)
+    called: list[str] = field(default_factory=list)  # every send() call, in order
+    dropped: set[str] = field(default_factory=set)  # cancelled, or refused by the close
     waiting: list[tuple[int, str]] = field(default_factory=list)
+    granted: list[tuple[int, str]] = field(default_factory=list)  # woken, not yet run
     read: list[str] = field(default_factory=list)
 
-    def grant(self, delivery: Delivery, tickets: list[int]) -> None:
-        for ticket in tickets:
+    def grant(self, tickets: list[int]) -> None:
+        for ticket in tickets:  # the asyncio layer wakes them in this order, and they run in it
             index = next(i for i, (t, _) in enumerate(self.waiting) if t == ticket)
-            _, value = self.waiting.pop(index)
+            self.granted.append(self.waiting.pop(index))
+
+    def run_granted(self, delivery: Delivery) -> None:
+        for ticket, value in self.granted:
             delivery.claim(ticket, out(value))
-            self.sent.append(value)
+        self.granted.clear()
+
+    def expected(self) -> list[str]:
+        return [value for value in self.called if value not in self.dropped]
 
 
 operations = st.lists(
-    st.tuples(st.sampled_from(["send", "poll", "push", "read", "close"]), st.integers(0, 5), st.booleans()),
-    max_size=80,
+    st.tuples(st.sampled_from(["send", "poll", "push", "read", "run", "cancel", "hold", "close"]),
+              st.integers(0, 5), st.booleans()),
+    max_size=100,
 )
 
 
@@ -253,17 +283,29 @@ def test_random_interleavings_deliver_exactly_once_in_order_and_the_close_is_see
     for kind, number, lost in steps:
         if kind == "send" and server.to_send and delivery.closed is None:
             value = server.to_send.pop(0)
-            if server.waiting or delivery.send(out(value)) is None:
+            server.called.append(value)
+            if delivery.send(out(value)) is None:
                 server.waiting.append((delivery.wait_for_room(len(out(value).fragment)), value))
-            else:
-                server.sent.append(value)
         elif kind == "poll":
             stale = max(0, client.ack - number)  # an old ack from a retried poll is harmless
-            server.grant(delivery, delivery.acknowledge(stale if lost else client.ack))
+            server.grant(delivery.acknowledge(stale if lost else client.ack))
             if delivery.poll(0 if number % 2 else 25) is not PollAction.HOLD:
+                delivery.supersede()
                 document = json.loads(b"".join(delivery.answer()))
                 if not lost:  # a lost answer: the client never sees it
                     client.take(document)
+        elif kind == "hold":  # a poll held, then superseded by a newer one or answered at its end
+            held, _ = delivery.hold_poll()
+            if lost:
+                delivery.hold_poll()
+            delivery.release_poll(held)
+        elif kind == "run":  # the woken senders get to run (after a close too)
+            server.run_granted(delivery)
+        elif kind == "cancel" and (server.waiting or server.granted):
+            queue = server.granted if lost and server.granted else server.waiting or server.granted
+            ticket, value = queue.pop(number % len(queue))
+            server.dropped.add(value)  # its send() raised CancelledError
+            server.grant(delivery.withdraw(ticket))
         elif kind == "push" and delivery.closed is None:
             start = max(1, client.pushed_ack + 1 - number)  # retries repeat messages already held
             end = min(len(client.values), client.pushed_ack + 1 + number)
@@ -277,11 +319,15 @@ def test_random_interleavings_deliver_exactly_once_in_order_and_the_close_is_see
                 if message is not None:
                     server.read.append(message.raw.decode())
         elif kind == "close" and number == 0:
-            delivery.close(4000, "done")
+            refused = delivery.close(4000, "done")
+            server.dropped.update(value for ticket, value in server.waiting if ticket in refused)
             server.waiting.clear()  # their sends raised SessionClosed
-    delivery.close(4000, "done")
+    refused = delivery.close(4000, "done")
+    server.dropped.update(value for ticket, value in server.waiting if ticket in refused)
+    server.waiting.clear()
+    server.run_granted(delivery)
     # Drain: the client polls with its real ack until the server can forget the session.
-    for _ in range(len(server.sent) + 3):
+    for _ in range(len(server.called) + 3):
         delivery.acknowledge(client.ack)
         action = delivery.poll(25)
         client.take(json.loads(b"".join(delivery.answer())))
@@ -289,7 +335,7 @@ def test_random_interleavings_deliver_exactly_once_in_order_and_the_close_is_see
             break
     while (message := delivery.read()) is not None:
         server.read.append(message.raw.decode())
-    assert client.received == server.sent  # server to client: exactly once, in order
+    assert client.received == server.expected()  # server to client: exactly once, in the order of send()
     assert server.read == client.values[: delivery.received]  # client to server: exactly once, in order
     assert client.pushed_ack <= delivery.received
     assert client.closed == {"code": 4000, "reason": "done"}

@@ -15,15 +15,15 @@ compared with (``now``, injectable): a date is wall-clock time by definition.
 
 from __future__ import annotations
 
-import email.utils
 import enum
+import json
 import math
 import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timezone
-from typing import Any, TypeGuard
+from datetime import datetime, timezone
+from typing import Any
 
 from ..protocol.errors import (
     BadRequest,
@@ -86,9 +86,9 @@ def decode_message(message: Any) -> Delivered:
     """
     if not isinstance(message, dict):
         raise ProtocolError(f"expected a message object, got {type(message).__name__}")
-    seq = message.get("seq")
-    if type(seq) is not int or seq < 1:
-        raise ProtocolError(f"expected an integer seq >= 1, got {seq!r:.40}")
+    seq = _whole(message.get("seq"))
+    if seq is None or seq < 1:
+        raise ProtocolError(f"expected an integer seq >= 1, got {message.get('seq')!r:.40}")
     if "data" not in message:
         raise ProtocolError(f"message {seq} has no data")
     try:
@@ -116,8 +116,17 @@ def _load_object(body: bytes | None) -> dict[str, Any]:
     return value
 
 
-def _integer(value: Any) -> TypeGuard[int]:
-    return type(value) is int
+def _whole(value: Any) -> int | None:
+    """An integer of an answer, or None: JSON has one kind of number, so ``1.0`` is ``1``.
+
+    The browser client cannot tell them apart (``JSON.parse``), so neither does
+    this one: a whole number written with a fraction counts, up to 2**53.
+    """
+    if type(value) is int:
+        return value
+    if type(value) is float and value.is_integer() and abs(value) <= 2 ** 53:
+        return int(value)
+    return None
 
 
 def _closed(value: Any) -> Closed | None:
@@ -125,8 +134,8 @@ def _closed(value: Any) -> Closed | None:
         return None
     if not isinstance(value, dict):
         raise ProtocolError(f"expected closed to be null or an object, got {value!r:.80}")
-    code, reason = value.get("code"), value.get("reason", "")
-    if not _integer(code) or not isinstance(reason, str):
+    code, reason = _whole(value.get("code")), value.get("reason", "")
+    if code is None or not isinstance(reason, str):
         raise ProtocolError(f"expected closed to hold an integer code and a string reason, got {value!r:.80}")
     return Closed(code, reason)
 
@@ -192,9 +201,10 @@ def parse_poll_answer(body: bytes) -> PollAnswer:
 
 def parse_post_answer(body: bytes) -> PushAnswer:
     """Parse the ``200`` answer to a ``POST``, ``{"ack": n}``, or raise :class:`ProtocolError`."""
-    ack = _load_object(body).get("ack")
-    if not _integer(ack) or ack < 0:
-        raise ProtocolError(f"expected an integer ack >= 0, got {ack!r:.40}")
+    raw = _load_object(body).get("ack")
+    ack = _whole(raw)
+    if ack is None or ack < 0:
+        raise ProtocolError(f"expected an integer ack >= 0, got {raw!r:.40}")
     return PushAnswer(ack)
 
 
@@ -206,11 +216,13 @@ def parse_error_body(body: bytes | None) -> ErrorBody | None:
     only the members a decision needs (a 429's ``ack``, a 410's ``closed``)
     are required by :func:`classify_answer`.
     """
-    try:
-        obj = _load_object(body)
-    except ProtocolError:
+    try:  # as leniently as JSON.parse in the browser: a lone surrogate in a message is no reason to drop the close
+        obj = json.loads(body) if body else None
+    except (ValueError, RecursionError):
         return None
-    error, message, ack = obj.get("error"), obj.get("message"), obj.get("ack")
+    if not isinstance(obj, dict):
+        return None
+    error, message, ack = obj.get("error"), obj.get("message"), _whole(obj.get("ack"))
     try:
         closed = _closed(obj.get("closed"))
     except ProtocolError:
@@ -218,7 +230,7 @@ def parse_error_body(body: bytes | None) -> ErrorBody | None:
     return ErrorBody(
         error if isinstance(error, str) else "",
         message if isinstance(message, str) else "",
-        ack if _integer(ack) and ack >= 0 else None,
+        ack if ack is not None and ack >= 0 else None,
         closed,
     )
 
@@ -236,25 +248,54 @@ def parse_gone_answer(body: bytes | None) -> Closed | None:
 _DELAY = re.compile(r"[0-9]+(\.[0-9]+)?")
 
 
+_DAY = "(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
+_LONG_DAY = "(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday)"
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_MONTH = f"(?P<month>{'|'.join(_MONTHS)})"
+_TIME = r"(?P<hour>\d{2}):(?P<minute>\d{2}):(?P<second>\d{2})"
+# The three forms of an HTTP date (RFC 9110 section 5.6.7), exactly as the browser client reads them.
+_HTTP_DATES = (
+    re.compile(rf"{_DAY}, (?P<day>\d{{2}}) {_MONTH} (?P<year>\d{{4}}) {_TIME} GMT"),  # IMF-fixdate
+    re.compile(rf"{_LONG_DAY}, (?P<day>\d{{2}})-{_MONTH}-(?P<year>\d{{2}}) {_TIME} GMT"),  # RFC 850
+    re.compile(rf"{_DAY} {_MONTH} (?P<day>[ \d]\d) {_TIME} (?P<year>\d{{4}})"),  # asctime
+)
+
+
+def _http_date(text: str) -> float | None:
+    """Epoch seconds of an HTTP date in one of its three forms, else None."""
+    for form in _HTTP_DATES:
+        match = form.fullmatch(text)
+        if match is None:
+            continue
+        year = int(match["year"])
+        if len(match["year"]) == 2:  # RFC 850: 00-49 are 2000-2049, 50-99 are 1950-1999 (as browsers read it)
+            year += 2000 if year < 50 else 1900
+        try:
+            date = datetime(year, _MONTHS.index(match["month"]) + 1, int(match["day"]), int(match["hour"]),
+                            int(match["minute"]), int(match["second"]), tzinfo=timezone.utc)
+        except ValueError:
+            return None
+        return date.timestamp()
+    return None
+
+
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
     """Seconds to wait from a ``Retry-After`` header, or None when absent or not understood.
 
     Both forms of RFC 9110 section 10.2.3 are understood: delay-seconds
-    (decimals tolerated) and an HTTP date, which gives ``max(0, date - now)``
-    with ``now`` the wall clock in epoch seconds (``time.time()`` unless given).
+    (decimals tolerated) and an HTTP date in one of its three forms, which
+    gives ``max(0, date - now)`` with ``now`` the wall clock in epoch seconds
+    (``time.time()`` unless given). Anything else is None, as in the browser client.
     """
     if value is None:
         return None
     text = value.strip()
     if _DELAY.fullmatch(text):
         return float(text)
-    try:
-        date = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError, OverflowError):
+    date = _http_date(text)
+    if date is None:
         return None
-    if date.tzinfo is None:  # "-0000": a date in UTC from an unknown zone
-        date = date.replace(tzinfo=timezone.utc)
-    return max(0.0, date.timestamp() - (time.time() if now is None else now))
+    return max(0.0, date - (time.time() if now is None else now))
 
 
 def format_seconds(value: float) -> str:

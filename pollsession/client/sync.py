@@ -563,10 +563,11 @@ class Client:
             if outcome.kind is OutcomeKind.CLOSE:
                 assert outcome.code is not None
                 gone = response is not None and response.status_code == 410
-                if not (gone and kind is RequestKind.PUSH):
+                if not (gone and kind is RequestKind.PUSH and outcome.code != ABNORMAL_CLOSURE):
                     self._end(outcome.code, outcome.reason, delete=not gone)
-                # A push's 410 says the server closed or forgot the session: the poller still
-                # fetches what the session sent before its close (or meets the 410 itself).
+                # A push's 410 with the close says the server closed the session: the poller still
+                # fetches what the session sent before it (and meets the same close). Without a
+                # close the server no longer knows the session: it ends here, as in the browser.
                 return None
             # A retry, or a 429 to something other than a push (a rate-limiting proxy): wait and again.
             if self._stop.is_set():

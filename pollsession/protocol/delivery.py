@@ -161,13 +161,23 @@ class Delivery:
         Raises ``SessionClosed`` once closed.
         """
         self._raise_if_closed()
-        if self._waiting or not self._fits(len(message.fragment)):
+        # First come, first numbered: nobody passes a sender still waiting, or one granted room
+        # that has not appended yet.
+        if self._waiting or self._granted or not self._fits(len(message.fragment)):
             return None
         return self._outbox.append(message.fragment)
 
     def offer(self, message: Outgoing) -> bool:
-        """A broadcast's append: now if there is room, never waiting; False if it does not fit."""
-        return self.send(message) is not None
+        """A broadcast's append: now if there is room beside what is reserved, never waiting; False if not.
+
+        A broadcast does not queue behind waiting senders (it would block every
+        member), but it never takes the room reserved for a granted one.
+        """
+        self._raise_if_closed()
+        if self._waiting or not self._fits(len(message.fragment)):
+            return False
+        self._outbox.append(message.fragment)
+        return True
 
     def wait_for_room(self, size: int) -> int:
         """Queue a sender of a ``size``-byte fragment; return its ticket (granted by :meth:`acknowledge`)."""
@@ -177,11 +187,17 @@ class Delivery:
         return self._next_ticket
 
     def claim(self, ticket: int, message: Outgoing) -> int:
-        """A granted ticket's sender appends its message into the room reserved for it; return its seq."""
+        """A granted ticket's sender appends its message into the room reserved for it; return its seq.
+
+        A sender granted room before the session closed still appends: it
+        called ``send`` before the close, and what was sent before a close is
+        delivered with it. A ticket the close refused raises ``SessionClosed``.
+        """
         if self._granted and ticket in self._granted:
             self._release(ticket)
-        self._raise_if_closed()  # a close after the grant refuses the send
-        return self._outbox.append(message.fragment)
+            return self._outbox.append(message.fragment)
+        self._raise_if_closed()
+        raise ValueError(f"ticket {ticket} was not granted room")
 
     def withdraw(self, ticket: int) -> list[int]:
         """A waiting sender gave up (cancelled): free its place or its room; return tickets granted now."""
@@ -308,15 +324,14 @@ class Delivery:
     def close(self, code: int, reason: str = "") -> list[int]:
         """Decide the close (the first one wins); return the waiting senders' tickets, now refused.
 
-        Returns an empty list when the session was already closed; see
-        :attr:`closed` for which close won.
+        Senders already granted room keep it (:meth:`claim`). Returns an empty
+        list when the session was already closed; see :attr:`closed` for
+        which close won.
         """
         if self._close is not None:
             return []
         self._close = Closed(code, reason)
         self._closed_json = closed_json(self._close)
-        refused = [ticket for ticket, _ in self._waiting] + list(self._granted or ())
+        refused = [ticket for ticket, _ in self._waiting]
         self._waiting = []
-        self._granted = None
-        self._reserved = self._reserved_bytes = 0
         return refused

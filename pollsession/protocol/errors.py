@@ -28,6 +28,9 @@ authentication hook to refuse a session.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from .wire import Closed, ErrorBody
 
 __all__ = [
@@ -167,9 +170,12 @@ class UnknownSession(HttpError):
     status = 410
     code = "unknown_session"
 
-    def __init__(self, message: str, *, code: str | None = None, closed: Closed | None = None) -> None:
+    def __init__(self, message: str, *, code: str | None = None,
+                 closed: Closed | Mapping[str, Any] | None = None) -> None:
         super().__init__(message, code=code)
-        self.closed = closed
+        if closed is not None and not isinstance(closed, Closed):  # the mapping {"code", "reason"} it used to take
+            closed = Closed(int(closed["code"]), str(closed.get("reason", "")))
+        self.closed: Closed | None = closed
 
     def is_routine(self) -> bool:
         """A 410 that tells a known session its close (a closed tab's last poll): nothing went wrong."""

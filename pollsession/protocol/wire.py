@@ -19,9 +19,9 @@ and the answer is *joined* from those fragments
 (:func:`poll_answer_parts`, :func:`open_answer_parts`); :meth:`PollAnswer.encode`
 is the same serialization for decoded values (tests, tools, vectors).
 
-The margins a client adds to a request's timeout are protocol constants too,
-shared by both clients and the server: :data:`POLL_MARGIN` and
-:data:`REQUEST_TIMEOUT`.
+The timeouts a client gives its requests are protocol constants too, shared
+by both clients (``tests/vectors/client/defaults.json`` holds the browser
+client to them): :data:`POLL_MARGIN` and :data:`REQUEST_TIMEOUT`.
 """
 
 from __future__ import annotations
@@ -63,8 +63,7 @@ POLL_MARGIN = 10.0
 
 A held poll answers within its hold (``poll_timeout`` or the client's
 ``wait``); past that plus this margin the connection is dead (a silent proxy,
-a laptop that slept) and the client asks again. The server bounds a blocked
-framework thread the same way (hold plus this margin plus its own shutdown time)."""
+a laptop that slept) and the client asks again."""
 
 REQUEST_TIMEOUT = 10.0
 """Seconds a client waits for an answer the server gives at once (open, push, delete, a short poll)."""

@@ -233,7 +233,7 @@ class Channel:
                 waiter = self._senders.pop(ticket, None)
                 if waiter is not None and not waiter.done():
                     waiter.set_exception(closed)
-            # A granted sender that has not run yet wakes normally and its claim raises SessionClosed.
+            # A sender granted room before the close wakes normally and appends: it sent before the close.
         if self._ended:
             ended, self._ended = self._ended, None
             for waiter in ended:

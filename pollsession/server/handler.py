@@ -35,7 +35,7 @@ from ..protocol.http import HttpContext, HttpResponse, RequestInfo
 from ..protocol.messages import encode_outgoing
 from ..protocol.origins import HostPolicy, OriginPolicy
 from ..protocol.requests import ALLOW, SESSION_HEADER, Delete, Open, Operation, Poll, Preflight, Push, is_probe, parse_operation
-from ..protocol.wire import DEFAULT_LIMITS, POLL_MARGIN, Closed, PollAnswer, join_object, limits_fields, open_answer_parts
+from ..protocol.wire import DEFAULT_LIMITS, Closed, PollAnswer, join_object, limits_fields, open_answer_parts
 from .backend import Backend, Forwardable, LocalBackend, LocalSide
 from .loop import EventLoopThread, LoopStopped
 from .registry import Registry, Target
@@ -58,6 +58,10 @@ ClientKey = Callable[[RequestInfo], "str | None"]
 limits (``max_sessions_per_client``, ``open_rate_limit``); by default the
 client address. Behind a proxy, derive it from the header your proxy sets.
 Return None to exempt a request."""
+
+_THREAD_MARGIN = 60.0
+"""Seconds a framework thread waits beyond ``poll_timeout`` for the loop's answer to any request
+(a slow async authentication hook, a busy loop) before it answers 503; only a stuck loop reaches it."""
 
 _JSON_HEADERS = [("Content-Type", "application/json"), ("Cache-Control", "no-store")]
 
@@ -227,7 +231,7 @@ class HttpHandler:
             return self._finish(step, cors)
         future, holds_thread = step
         try:
-            response = future.result(timeout=self.settings.poll_timeout + POLL_MARGIN + self.settings.shutdown_timeout)
+            response = future.result(timeout=self.settings.poll_timeout + _THREAD_MARGIN)
         except (concurrent.futures.CancelledError, concurrent.futures.TimeoutError):
             future.cancel()
             response = self._unavailable()

@@ -179,8 +179,9 @@ class Registry:
             self._forget(session)
             return session.answer()
         if action is PollAction.ANSWER:
+            parts = session.answer_now()  # supersedes a held poll first, so the touch below counts
             self._touch(session)
-            return session.answer_now()
+            return parts
         self._unused.discard(sid)
         self._expiry.discard(sid)  # a held poll is activity for as long as it is held
         try:

@@ -634,6 +634,7 @@
         try {
           const res = await this.#request(request);
           outcome = classify(kind, res.status, res.headers, res.text, {sent: request.sent || 0, now: Date.now() / 1000});
+          outcome.status = res.status; // for the caller: a 410 needs no DELETE
         } catch (err) {
           if (this.#phase === "closed" || (request.signal && request.signal.aborted)) return null;
           const what = err && err.name === "TimeoutError" ? "timed out" : "network error";
@@ -641,10 +642,12 @@
         }
         if (this.#phase === "closed") return null;
         if (outcome.outcome === "ok" || outcome.outcome === "close") return outcome;
-        if (outcome.outcome === "throttled") onThrottled(outcome);
+        // A 429 throttles a push (the inbox is full); to anything else it is a failure like a 5xx.
+        const throttled = outcome.outcome === "throttled" && kind === "push";
+        if (throttled) onThrottled(outcome);
         if (abandon(outcome)) return outcome;
         let wait;
-        if (outcome.outcome === "throttled") {
+        if (throttled) {
           failures = 0;
           wait = backoffDelay(++throttles, Object.assign({}, this.#options, {maxRetries: Infinity}));
         } else {
@@ -660,7 +663,7 @@
     // A close outcome ends the session: the server's own close is clean.
     #end(outcome) {
       if (outcome.clean) this.#finish(outcome.code, outcome.reason, true);
-      else this.#fail(outcome.code, outcome.reason);
+      else this.#fail(outcome.code, outcome.reason, outcome.status !== 410);
     }
 
     // ---- opening --------------------------------------------------------
@@ -741,8 +744,9 @@
       if (this.#pollAbort) this.#pollAbort.abort();
       for (let round = 0; round < FINAL_POLLS; round++) {
         const before = this.#inbound.ack;
+        // One try per round, no backoff: the close is known, only the server's forgetting is left.
         const outcome = await this.#exchange("poll", () => (
-          {method: "GET", query: {ack: this.#inbound.ack, wait: 0}, timeout: REQUEST_TIMEOUT}));
+          {method: "GET", query: {ack: this.#inbound.ack, wait: 0}, timeout: REQUEST_TIMEOUT}), {abandon: () => true});
         if (outcome === null || outcome.outcome !== "ok") break; // the server forgets it on expiry anyway
         this.#deliver(outcome.messages);
         if (this.#inbound.ack === before) break; // the server has our last ack: done
@@ -854,10 +858,10 @@
     }
 
     // Fail the session: readyState CLOSED, then error, then close (as WebSocket does).
-    #fail(code, reason) {
+    #fail(code, reason, deleteSession = true) {
       if (this.#phase === "closed") return;
       this.#teardown();
-      if (this.#sid !== null) this.#deleteInBackground();
+      if (this.#sid !== null && deleteSession) this.#deleteInBackground(); // not after a 410: it is gone
       this.#emit(new Event("error"));
       this.#emit(closeEvent(code, reason, false));
     }
