@@ -133,6 +133,11 @@ class HttpHandler:
       their own, which saves two thread hand-offs per request. Close it from
       that loop with ``await handler.aclose()``, or from another thread with
       ``close()``.
+    * ``backend`` (None: one process, ``LocalBackend``): where sessions live
+      when several workers serve one target, e.g.
+      ``pollsession.backends.redis.RedisBackend``: any worker then answers any
+      request (it forwards to the session's owner), and broadcasts,
+      ``send_to``, ``session_count`` and ``max_sessions`` cover every worker.
     """
 
     def __init__(
