@@ -347,3 +347,25 @@ def test_max_sessions_covers_every_worker(redis_server: Any) -> None:
         assert a.session_count() == b.session_count() == 3
     finally:
         pair.close()
+
+
+def test_a_worker_that_cannot_reach_redis_refuses_opens_with_503_until_it_can(redis_server: Any) -> None:
+    from pollsession import ServiceUnavailable
+
+    redis_server.stop()
+    backend = RedisBackend(redis_server.url, name="test-" + secrets.token_hex(4), poll_timeout=5.0)
+    handler = HttpHandler(echo, backend=backend, shutdown_timeout=1, poll_timeout=5.0)
+    try:
+        refused = call(handler)
+        assert (refused.status, body_of(refused)["error"]) == (503, "backend_unavailable")
+        assert ("Retry-After", "1") in refused.headers
+        assert "unreachable" in body_of(refused)["message"]
+        with pytest.raises(ServiceUnavailable):
+            handler.broadcast_threadsafe("to nobody").result(5)
+        redis_server.start()
+        sid = opened(handler)  # the backend starts at the next open
+        assert body_of(push(handler, sid, (1, "back"))) == {"ack": 1}
+    finally:
+        handler.close()
+        if redis_server.process is None:
+            redis_server.start()
