@@ -67,7 +67,7 @@ from ..protocol.requests import Delete, Poll
 from ..protocol.wire import Closed
 from ..protocol.messages import Outgoing, encode_outgoing
 from ..server.backend import Backend, Forwardable, LocalSide
-from ..server.handler import error_response
+from ..server.handler import error_response, poll_again_response
 from .frames import (
     Answer,
     Broadcast,
@@ -169,6 +169,8 @@ class RedisBackend(Backend):
         self._listener: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._waiting: dict[str, asyncio.Future[HttpResponse]] = {}
+        self._polls: dict[str, str] = {}  # forwarded polls waiting here: request id -> owner
+        self._draining = False
         self._serving: dict[str, asyncio.Task[None]] = {}
         self._last_warning = 0.0
 
@@ -342,10 +344,14 @@ class RedisBackend(Backend):
     # -- forwarding (the worker that received the request) -------------------------
 
     async def forward(self, operation: Forwardable, path: str) -> HttpResponse:
+        if self._draining and isinstance(operation, Poll):
+            return poll_again_response()  # stopping: let the client poll again through another worker
         owner = operation.sid[:_WORKER_ID_LENGTH] if operation.sid is not None else ""
         request_id = secrets.token_urlsafe(12)
         answer: asyncio.Future[HttpResponse] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = answer
+        if isinstance(operation, Poll):
+            self._polls[request_id] = owner
         frame = encode_operation(request_id, self._channel(self.worker_id), path, operation)
         try:
             try:
@@ -364,6 +370,17 @@ class RedisBackend(Backend):
             raise
         finally:
             self._waiting.pop(request_id, None)
+            self._polls.pop(request_id, None)
+
+    async def drain(self) -> None:
+        """Stopping: answer every poll forwarded from here now (empty: the client polls again, through
+        another worker) and release it at its owner, rather than wait up to ``poll_timeout`` for it."""
+        self._draining = True
+        for request_id, owner in list(self._polls.items()):
+            answer = self._waiting.get(request_id)
+            if answer is not None and not answer.done():
+                answer.set_result(poll_again_response())
+                self._tell(owner, encode_cancel(request_id))
 
     async def _wait_for(self, answer: asyncio.Future[HttpResponse], owner: str, operation: Forwardable | None,
                         budget: float) -> HttpResponse:

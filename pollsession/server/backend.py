@@ -105,6 +105,9 @@ class Backend:
         """Carry ``operation`` to the worker that owns its session and return that worker's answer."""
         raise NotImplementedError("a LocalBackend owns every session")
 
+    async def drain(self) -> None:
+        """The handler is stopping: answer at once what this worker forwards and may wait long for (held polls)."""
+
     async def close(self) -> None:
         """Stop taking operations from other workers (the handler is shutting down)."""
 

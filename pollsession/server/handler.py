@@ -35,14 +35,14 @@ from ..protocol.http import HttpContext, HttpResponse, RequestInfo
 from ..protocol.messages import encode_outgoing
 from ..protocol.origins import HostPolicy, OriginPolicy
 from ..protocol.requests import ALLOW, SESSION_HEADER, Delete, Open, Operation, Poll, Preflight, Push, is_probe, parse_operation
-from ..protocol.wire import DEFAULT_LIMITS, Closed, PollAnswer, join_object, limits_fields, open_answer_parts
+from ..protocol.wire import DEFAULT_LIMITS, SUPERSEDED_PARTS, Closed, PollAnswer, join_object, limits_fields, open_answer_parts
 from .backend import Backend, Forwardable, LocalBackend, LocalSide
 from .loop import EventLoopThread, LoopStopped
 from .registry import Registry, Target
 from .session import Session
 from .session_handler import SessionHandler
 
-__all__ = ["HttpHandler", "AuthHook", "ClientKey", "error_response"]
+__all__ = ["HttpHandler", "AuthHook", "ClientKey", "error_response", "poll_again_response"]
 
 logger = logging.getLogger("pollsession")
 T = TypeVar("T")
@@ -80,6 +80,15 @@ def _accepted(identity: Any) -> Any:
     if identity is False:
         raise Forbidden("the authentication hook refused the session")
     return identity
+
+
+def poll_again_response() -> HttpResponse:
+    """An empty poll answer: the client polls again at once with the same ack (nothing is lost).
+
+    The answer to a superseded poll, and to a poll its forwarding worker stops
+    waiting for because it is shutting down.
+    """
+    return _answer_response(SUPERSEDED_PARTS)
 
 
 def error_response(error: HttpError) -> HttpResponse:
@@ -587,6 +596,8 @@ class HttpHandler:
 
     async def _shutdown(self) -> None:
         self._final_closes = await self._registry.shutdown(self.settings.shutdown_timeout)
+        if self._backend_started:
+            await self._backend.drain()  # polls held for us by other workers: their clients ask again elsewhere
         current = asyncio.current_task()
         pending = {task for task in self._inflight if task is not current}
         if pending:
