@@ -229,18 +229,18 @@ def test_sessions_leave_no_keys_in_redis(redis_server: Any) -> None:
         for sid in sids:
             push(b, sid, (1, "x"))
         made = set(redis_server.keys()) - before
-        # A few keys per worker (liveness, session count) and the deployment's worker set, all with a
-        # TTL; sessions make none (40 sessions, 5 keys).
+        # Three keys per worker (alive, known, session count) and the deployment's worker set, all
+        # with a TTL; sessions make none (40 sessions, 7 keys).
         prefix = pair.backends[0]._name.encode()
-        assert all(key.startswith(prefix) for key in made) and len(made) == 5, made
-        assert all(admin.ttl(key) > 0 for key in made), {key: admin.ttl(key) for key in made}
+        assert all(key.startswith(prefix) for key in made) and len(made) == 7, made
+        assert all(admin.pttl(key) > 0 for key in made), {key: admin.pttl(key) for key in made}
         for sid in sids:
             call(a, "DELETE", sid)
         wait_until(lambda: a.session_count() == 0, what="every session to be forgotten on every worker")
     finally:
         admin.close()
         pair.close()
-    assert set(redis_server.keys()) - before <= {key for key in made if key.endswith(b":alive")}
+    assert set(redis_server.keys()) - before <= {key for key in made if key.endswith((b":alive", b":known"))}
 
 
 # -- broadcasts across workers ---------------------------------------------------------
@@ -369,3 +369,71 @@ def test_a_worker_that_cannot_reach_redis_refuses_opens_with_503_until_it_can(re
         handler.close()
         if redis_server.process is None:
             redis_server.start()
+
+
+def test_an_owner_resubscribing_is_a_503_never_a_close(redis_server: Any) -> None:
+    import redis
+
+    pair = Workers(redis_server.url, poll_timeout=5.0)
+    admin = redis.Redis.from_url(redis_server.url)
+    try:
+        a, b = pair.handlers
+        sid = opened(a)
+        seq, statuses = 0, set()
+        admin.client_kill_filter(_type="pubsub")  # every worker's subscription drops, and comes back
+        for _ in range(40):  # the next second or so, through the other worker
+            seq += 1
+            response = push(b, sid, *[(n, f"m{n}") for n in range(1, seq + 1)])
+            statuses.add(response.status)
+            if response.status != 200:
+                assert (response.status, body_of(response)["error"]) in {
+                    (503, "owner_unavailable"), (503, "backend_unavailable")}, body_of(response)
+        wait_until(lambda: push(b, sid, (1, "m1")).status == 200, what="the owner to be back")
+        assert statuses <= {200, 503}
+        print("statuses during the resubscription:", sorted(statuses))
+        assert body_of(poll(a, sid, 0, "0"))["closed"] is None  # the session lives on
+    finally:
+        admin.close()
+        pair.close()
+
+
+def test_a_broadcast_published_before_a_worker_is_back_from_a_redis_restart_is_never_missed_silently(
+        redis_server: Any) -> None:
+    from pollsession.backends.redis import MISSED_BROADCAST, Publisher
+
+    name = "test-" + secrets.token_hex(4)
+    handler = HttpHandler(member, backend=RedisBackend(redis_server.url, name=name), shutdown_timeout=1,
+                          poll_timeout=5.0)
+    try:
+        sid = body_of(call(handler, query=[("room", "r")]))["sid"]
+        redis_server.stop()
+        redis_server.start()
+        with Publisher(redis_server.url, name=name) as publisher:
+            publisher.broadcast("after the restart", room="r")  # most likely before the worker resubscribed
+        answer = body_of(poll(handler, sid, 0))
+        if answer["closed"] is None:  # the worker was back in time: it got it
+            assert [m["data"] for m in answer["messages"]] == ["after the restart"]
+        else:  # it was not: its sessions are told
+            assert answer["closed"] == {"code": MISSED_BROADCAST.code, "reason": MISSED_BROADCAST.reason}
+    finally:
+        handler.close()
+
+
+def test_concurrent_opens_on_one_worker_stop_at_max_sessions(redis_server: Any) -> None:
+    import concurrent.futures
+
+    backend = RedisBackend(redis_server.url, name="test-" + secrets.token_hex(4))
+    handler = HttpHandler(echo, backend=backend, shutdown_timeout=1, poll_timeout=5.0, max_sessions=3)
+    try:
+        opened(handler)  # the backend is started
+        with concurrent.futures.ThreadPoolExecutor(20) as pool:
+            statuses = sorted(pool.map(lambda _: call(handler).status, range(20)))
+        assert statuses == [200, 200] + [503] * 18
+        assert handler.session_count() == 3
+    finally:
+        handler.close()
+
+
+def test_a_backend_given_another_poll_timeout_than_its_handler_is_refused(redis_server: Any) -> None:
+    with pytest.raises(ValueError, match="poll_timeout"):
+        HttpHandler(echo, backend=RedisBackend(redis_server.url, poll_timeout=60.0), poll_timeout=25.0)

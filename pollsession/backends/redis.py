@@ -29,8 +29,11 @@ included), each delivering to its own members: Redis numbers each broadcast
 as it publishes it and delivers them in one order to every subscriber, so
 every member on every worker sees the same order. A worker whose subscription
 dropped may have missed broadcasts: when the number it sees next is not the
-one after the last it saw, it closes its sessions with
-:data:`MISSED_BROADCAST` (1013) rather than leave a gap. :class:`Publisher`
+one after the last it saw, or when it resubscribes to find the counter moved
+(or Redis restarted and broadcasts went out before it was back), it closes
+its sessions with :data:`MISSED_BROADCAST` (1013) rather than leave a gap.
+While Redis is down no broadcast can be published (``broadcast`` raises
+``ServiceUnavailable``), so a restart alone closes nothing. :class:`Publisher`
 broadcasts from a process that holds no sessions (a cron job, a Celery task).
 
 ``max_sessions`` and ``session_count()`` cover every worker: each worker keeps
@@ -51,6 +54,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import re
 import secrets
 import time
 from typing import Any
@@ -114,6 +118,7 @@ return total
 """
 
 _WORKER_ID_LENGTH = 8
+_SESSION_ID = re.compile(r"[A-Za-z0-9_-]{40}")  # the worker's 8 characters, then token_urlsafe(24)
 
 
 def _broadcast_channel(name: str) -> str:
@@ -131,8 +136,11 @@ class RedisBackend(Backend):
     ``url`` is redis-py's URL (``redis://host:6379/0``). ``name`` separates
     deployments (and targets) sharing one Redis: give every worker of one
     target the same name and a target of its own a different one.
-    ``poll_timeout`` must equal the handler's; it bounds how long a forwarded
-    poll is waited for (plus ``forward_timeout``).
+    The handler gives the backend its ``poll_timeout`` (``poll_timeout`` here
+    may be left out; given, it must be the handler's). A worker announces
+    itself every ``liveness_interval`` (1 s): a worker silent for three of
+    them is dead (its sessions end with 1012), and one silent for
+    ``worker_ttl`` is forgotten (its session ids become unknown).
     """
 
     def __init__(
@@ -140,7 +148,7 @@ class RedisBackend(Backend):
         url: str = "redis://127.0.0.1:6379/0",
         *,
         name: str = "pollsession",
-        poll_timeout: float = 25.0,
+        poll_timeout: float | None = None,
         forward_timeout: float = 5.0,
         liveness_interval: float = 1.0,
         worker_ttl: float = 120.0,
@@ -148,8 +156,9 @@ class RedisBackend(Backend):
     ) -> None:
         if not name or any(c in name for c in " \0"):
             raise ValueError(f"name must be a non-empty string without spaces, got {name!r}")
-        for label, value in (("poll_timeout", poll_timeout), ("forward_timeout", forward_timeout),
-                             ("liveness_interval", liveness_interval), ("worker_ttl", worker_ttl)):
+        for label, value in (("poll_timeout", 1.0 if poll_timeout is None else poll_timeout),
+                             ("forward_timeout", forward_timeout), ("liveness_interval", liveness_interval),
+                             ("worker_ttl", worker_ttl)):
             if not value > 0:
                 raise ValueError(f"{label} must be a positive number of seconds, got {value!r}")
         self._url = url
@@ -172,6 +181,10 @@ class RedisBackend(Backend):
         self._polls: dict[str, str] = {}  # forwarded polls waiting here: request id -> owner
         self._draining = False
         self._serving: dict[str, asyncio.Task[None]] = {}
+        self._told: set[asyncio.Task[None]] = set()
+        self._state_lock: asyncio.Lock | None = None
+        self._redis_run = ""  # Redis's run_id when this worker subscribed: a restart changes it
+        self._subscribed_at = 0.0
         self._last_warning = 0.0
 
     def __repr__(self) -> str:
@@ -183,7 +196,12 @@ class RedisBackend(Backend):
         return f"{self._name}:worker:{worker_id}:inbox"
 
     def _alive_key(self, worker_id: str) -> str:
+        """Set for three heartbeats: the worker is up (subscribed, or resubscribing)."""
         return f"{self._name}:worker:{worker_id}:alive"
+
+    def _known_key(self, worker_id: str) -> str:
+        """Set for ``worker_ttl``: the worker existed (its sessions end with 1012, not as unknown)."""
+        return f"{self._name}:worker:{worker_id}:known"
 
     def _count_key(self, worker_id: str) -> str:
         return f"{self._name}:worker:{worker_id}:sessions"
@@ -208,10 +226,24 @@ class RedisBackend(Backend):
     def is_local(self, sid: str) -> bool:
         return sid[:_WORKER_ID_LENGTH] == self.worker_id
 
+    def bind(self, poll_timeout: float) -> None:
+        if self._poll_timeout is not None and self._poll_timeout != poll_timeout:
+            raise ValueError(f"RedisBackend(poll_timeout={self._poll_timeout}) differs from the handler's "
+                             f"poll_timeout={poll_timeout}: leave it out, the handler gives it")
+        self._poll_timeout = poll_timeout
+
+    @property
+    def _client(self) -> Any:
+        if self._redis is None:
+            raise ServiceUnavailable("the handler is shut down", retry_after=self._retry_after,
+                                     code="shutting_down")
+        return self._redis
+
     async def start(self, local: LocalSide) -> None:
         """Subscribe to this worker's channel and the broadcasts, announce the worker; 503 when Redis is unreachable."""
         self._local = local
         self._redis = aioredis.from_url(self._url)
+        self._state_lock = asyncio.Lock()
         try:
             await self._announce()
             await self._subscribe()
@@ -224,23 +256,22 @@ class RedisBackend(Backend):
         self._heartbeat = asyncio.create_task(self._beat(), name=f"pollsession-redis-beat-{self.worker_id}")
 
     async def close(self) -> None:
-        """Stop listening and heartbeating; the worker key expires by itself (its clients then learn 1012)."""
+        """Stop listening and announcing; the worker's keys expire by themselves (its clients then learn 1012)."""
         if self._serving:  # answers to forwarded requests, being published
             await asyncio.wait(set(self._serving.values()), timeout=1.0)
-        if self._counter is not None:
-            self._counter.cancel()  # so that it does not write the count again
-        if self._counter is not None and self._redis is not None:
-            try:  # this worker's sessions no longer count
-                await self._redis.delete(self._count_key(self.worker_id))
-                await self._redis.srem(self._workers, self.worker_id)
-            except (RedisError, OSError):
-                pass
         for task in (self._listener, self._heartbeat, self._counter, *self._serving.values()):
             if task is not None:
                 task.cancel()
-        for future in self._waiting.values():
-            if not future.done():
-                future.cancel()
+        if self._told:
+            await asyncio.wait(set(self._told), timeout=1.0)
+        if self._redis is not None and self._state_lock is not None:
+            try:  # this worker's sessions no longer count
+                async with self._state_lock:
+                    await self._redis.delete(self._count_key(self.worker_id))
+                    await self._redis.srem(self._workers, self.worker_id)
+            except (RedisError, OSError):
+                pass
+        self._fail_waiting("the handler is shut down")
         await self._drop_connections()
 
     async def _drop_connections(self) -> None:
@@ -259,6 +290,15 @@ class RedisBackend(Backend):
         await self._pubsub.subscribe(self._channel(self.worker_id), self._broadcasts)
         number = await self._redis.get(self._broadcast_number)
         self._broadcast_seen = int(number or 0)
+        self._redis_run = str((await self._redis.info("server")).get("run_id", ""))
+        self._subscribed_at = time.monotonic()
+
+    def _fail_waiting(self, why: str) -> None:
+        """Answers to what this worker forwarded may be lost (its subscription dropped): 503 them all now."""
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_result(error_response(ServiceUnavailable(
+                    f"{why}; send the request again", retry_after=self._retry_after, code="backend_unavailable")))
 
     # -- counting sessions across workers --------------------------------------------
 
@@ -268,7 +308,7 @@ class RedisBackend(Backend):
 
     async def count_sessions(self, local_count: int) -> int:
         try:
-            others = await self._redis.eval(_COUNT_SCRIPT, 1, self._workers, self.worker_id,
+            others = await self._client.eval(_COUNT_SCRIPT, 1, self._workers, self.worker_id,
                                             f"{self._name}:worker:")
         except (RedisError, OSError) as exc:
             raise self._unreachable(exc) from None
@@ -309,18 +349,18 @@ class RedisBackend(Backend):
                 await asyncio.sleep(1.0)
 
     async def _write_count(self) -> None:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.set(self._count_key(self.worker_id), self._local_count, ex=max(1, int(self._worker_ttl)))
-            pipe.sadd(self._workers, self.worker_id)
-            pipe.expire(self._workers, max(1, int(self._worker_ttl)))
-            await pipe.execute()
+        await self._announce()
+
+    @property
+    def _alive_ttl_ms(self) -> int:
+        return max(100, int(3000 * self._liveness_interval))
 
     # -- broadcasting -------------------------------------------------------------
 
     async def broadcast(self, message: Outgoing, room: str | None, exclude: str | None) -> int:
         """Publish the broadcast to every worker (this one included); return how many workers it reached."""
         try:
-            receivers = await self._redis.eval(_BROADCAST_SCRIPT, 2, self._broadcast_number, self._broadcasts,
+            receivers = await self._client.eval(_BROADCAST_SCRIPT, 2, self._broadcast_number, self._broadcasts,
                                                encode_broadcast(message, room, exclude))
         except (RedisError, OSError) as exc:
             raise self._unreachable(exc) from None
@@ -346,7 +386,10 @@ class RedisBackend(Backend):
     async def forward(self, operation: Forwardable, path: str) -> HttpResponse:
         if self._draining and isinstance(operation, Poll):
             return poll_again_response()  # stopping: let the client poll again through another worker
-        owner = operation.sid[:_WORKER_ID_LENGTH] if operation.sid is not None else ""
+        if operation.sid is None or not _SESSION_ID.fullmatch(operation.sid):  # not one of ours: no Redis
+            return HttpResponse(204) if isinstance(operation, Delete) else error_response(
+                UnknownSession("unknown, expired or closed session"))
+        owner = operation.sid[:_WORKER_ID_LENGTH]
         request_id = secrets.token_urlsafe(12)
         answer: asyncio.Future[HttpResponse] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = answer
@@ -355,14 +398,15 @@ class RedisBackend(Backend):
         frame = encode_operation(request_id, self._channel(self.worker_id), path, operation)
         try:
             try:
-                receivers = await self._redis.publish(self._channel(owner), frame)
+                receivers = await self._client.publish(self._channel(owner), frame)
                 if not receivers:
                     return await self._owner_gone(owner, operation)
             except (RedisError, OSError) as exc:
                 raise self._unreachable(exc) from None
             budget = self._forward_timeout
             if isinstance(operation, Poll):
-                budget += self._poll_timeout if operation.wait is None else min(operation.wait, self._poll_timeout)
+                hold = self._poll_timeout or 0.0
+                budget += hold if operation.wait is None else min(operation.wait, hold)
             return await self._wait_for(answer, owner, operation, budget)
         except asyncio.CancelledError:
             if not answer.done():
@@ -396,18 +440,24 @@ class RedisBackend(Backend):
             except asyncio.TimeoutError:
                 pass
             try:
-                (_, subscribers), = await self._redis.pubsub_numsub(self._channel(owner))
+                (_, subscribers), = await self._client.pubsub_numsub(self._channel(owner))
+                alive = subscribers or await self._client.exists(self._alive_key(owner))
             except (RedisError, OSError) as exc:
                 raise self._unreachable(exc) from None
-            if not subscribers and not answer.done():
+            if not alive and not answer.done():  # dead: not subscribed, and silent for three heartbeats
                 return await self._owner_gone(owner, operation)
 
     async def _owner_gone(self, owner: str, operation: Forwardable | None) -> HttpResponse:
-        """Nobody listens for ``owner``: its sessions ended with it (1012) if it was a worker, else unknown."""
+        """Nobody listens for ``owner``: resubscribing (503), dead (its sessions ended: 1012), or unknown (410)."""
         try:
-            known = bool(await self._redis.exists(self._alive_key(owner))) if owner else False
+            alive, known = await self._client.mget(self._alive_key(owner), self._known_key(owner))
         except (RedisError, OSError) as exc:
             raise self._unreachable(exc) from None
+        if alive or (not known and time.monotonic() - self._subscribed_at < 3 * self._liveness_interval + 1):
+            # Up but resubscribing; or Redis just came back and the owner has not announced itself yet.
+            return error_response(ServiceUnavailable(
+                "the worker that owns the session is reconnecting to Redis", retry_after=self._retry_after,
+                code="owner_unavailable"))
         if isinstance(operation, Delete):
             return HttpResponse(204)
         if not known:
@@ -418,11 +468,13 @@ class RedisBackend(Backend):
     def _tell(self, worker: str, frame: bytes) -> None:
         async def publish() -> None:
             try:
-                await self._redis.publish(self._channel(worker), frame)
-            except (RedisError, OSError, AttributeError):
+                await self._client.publish(self._channel(worker), frame)
+            except (RedisError, OSError, ServiceUnavailable):
                 pass  # best effort: the owner's poll then ends at its hold
 
-        asyncio.get_running_loop().create_task(publish())
+        task = asyncio.get_running_loop().create_task(publish())
+        self._told.add(task)  # kept until done, so that it is not collected half way
+        task.add_done_callback(self._told.discard)
 
     # -- serving (the owner) ------------------------------------------------------
 
@@ -431,9 +483,13 @@ class RedisBackend(Backend):
         while True:
             try:
                 if self._pubsub is None:
-                    seen = self._broadcast_seen
+                    seen, run = self._broadcast_seen, self._redis_run
                     await self._subscribe()
-                    if self._broadcast_seen != seen:  # broadcasts went out (or Redis restarted) while we were away
+                    await self._announce()  # at once: other workers must not think us dead
+                    # Broadcasts went out while we were away: the counter moved, or Redis restarted (a
+                    # new run, its counter from 0) and some were published before we were back.
+                    restarted = self._redis_run != run
+                    if self._broadcast_seen != (0 if restarted else seen):
                         self._missed("broadcasts while the subscription was down")
                 message = await self._pubsub.get_message(timeout=self._liveness_interval)
                 failures = 0
@@ -442,6 +498,7 @@ class RedisBackend(Backend):
             except (RedisError, OSError) as exc:
                 failures += 1
                 self._warn(f"pollsession: Redis subscription lost ({exc}); reconnecting")
+                self._fail_waiting("the answer may have been lost with this worker's Redis subscription")
                 pubsub, self._pubsub = self._pubsub, None
                 if pubsub is not None:
                     try:
@@ -453,24 +510,31 @@ class RedisBackend(Backend):
             if message is None or message.get("type") != "message":
                 continue
             try:
-                frame = decode(message["data"])
-            except FrameError as exc:
-                self._warn(f"pollsession: ignoring a message on {self._channel(self.worker_id)}: {exc}")
-                continue
-            if isinstance(frame, Broadcast):
-                self._take_broadcast(frame)
-            elif isinstance(frame, Answer):
-                waiting = self._waiting.get(frame.id)
-                if waiting is not None and not waiting.done():
-                    waiting.set_result(frame.response)
-            elif isinstance(frame, Cancel):
-                task = self._serving.get(frame.id)
-                if task is not None:
-                    task.cancel()
-            else:
-                work = self._answer(frame) if isinstance(frame, Forwarded) else self._send_here(frame)
-                self._serving[frame.id] = task = asyncio.create_task(work)
-                task.add_done_callback(functools.partial(self._served, frame.id))
+                self._dispatch(message["data"])
+            except Exception:  # a bug must not stop the subscription: every request would then 503
+                logger.exception("pollsession: error handling a message from Redis")
+
+    def _dispatch(self, data: bytes) -> None:
+        """Act on one message of this worker's channel or of the broadcasts."""
+        try:
+            frame = decode(data)
+        except FrameError as exc:
+            self._warn(f"pollsession: ignoring a message on {self._channel(self.worker_id)}: {exc}")
+            return
+        if isinstance(frame, Broadcast):
+            self._take_broadcast(frame)
+        elif isinstance(frame, Answer):
+            waiting = self._waiting.get(frame.id)
+            if waiting is not None and not waiting.done():
+                waiting.set_result(frame.response)
+        elif isinstance(frame, Cancel):
+            task = self._serving.get(frame.id)
+            if task is not None:
+                task.cancel()
+        else:
+            work = self._answer(frame) if isinstance(frame, Forwarded) else self._send_here(frame)
+            self._serving[frame.id] = task = asyncio.create_task(work)
+            task.add_done_callback(functools.partial(self._served, frame.id))
 
     async def _send_here(self, request: SendTo) -> None:
         """``send_to`` from another worker: 204 sent, 404 unknown, 410 closed (with the close)."""
@@ -483,8 +547,8 @@ class RedisBackend(Backend):
             response = error_response(UnknownSession("the session is closed", code="session_closed",
                                                      closed=Closed(closed.code, closed.reason)))
         try:
-            await self._redis.publish(request.reply, encode_answer(request.id, response))
-        except (RedisError, OSError) as exc:
+            await self._client.publish(request.reply, encode_answer(request.id, response))
+        except (RedisError, OSError, ServiceUnavailable) as exc:
             self._warn(f"pollsession: could not send an answer through Redis ({exc})")
 
     async def send_to(self, sid: str, message: Outgoing) -> None:
@@ -495,14 +559,13 @@ class RedisBackend(Backend):
         self._waiting[request_id] = answer
         try:
             try:
-                receivers = await self._redis.publish(self._channel(owner),
-                                                      encode_send(request_id, self._channel(self.worker_id), sid,
-                                                                  message))
+                receivers = await self._client.publish(self._channel(owner),
+                                                       encode_send(request_id, self._channel(self.worker_id), sid,
+                                                                   message))
             except (RedisError, OSError) as exc:
                 raise self._unreachable(exc) from None
-            if not receivers:
-                raise SessionClosed(OWNER_GONE.code, OWNER_GONE.reason)
-            response = await self._wait_for(answer, owner, None, float("inf"))
+            response = (await self._owner_gone(owner, None)) if not receivers else (
+                await self._wait_for(answer, owner, None, float("inf")))
         except asyncio.CancelledError:
             if not answer.done():
                 self._tell(owner, encode_cancel(request_id))
@@ -514,7 +577,10 @@ class RedisBackend(Backend):
         if response.status == 410:
             closed = decode_closed(response.body)
             raise SessionClosed(closed.code, closed.reason)
-        if response.status != 204:  # the owner is gone, or did not answer
+        if response.status == 503:  # the answer may be lost (a dropped subscription), or Redis is down
+            raise ServiceUnavailable("send_to could not be confirmed: the message may or may not have been sent",
+                                     retry_after=self._retry_after, code="backend_unavailable")
+        if response.status != 204:  # the owner is gone
             raise SessionClosed(OWNER_GONE.code, OWNER_GONE.reason)
 
     def _served(self, request_id: str, task: asyncio.Task[None]) -> None:
@@ -527,22 +593,29 @@ class RedisBackend(Backend):
         except HttpError as error:
             response = error_response(error)
         try:
-            await self._redis.publish(forwarded.reply, encode_answer(forwarded.id, response))
-        except (RedisError, OSError) as exc:
+            await self._client.publish(forwarded.reply, encode_answer(forwarded.id, response))
+        except (RedisError, OSError, ServiceUnavailable) as exc:
             self._warn(f"pollsession: could not send an answer through Redis ({exc}); the client will retry")
 
     async def _announce(self) -> None:
-        await self._redis.set(self._alive_key(self.worker_id), b"1", ex=max(1, int(self._worker_ttl)))
-        if self._count_dirty is not None:
-            self._count_dirty.set()  # refresh the count key's TTL too
+        """This worker is up, and holds this many sessions: one write of every key it keeps, in order."""
+        assert self._state_lock is not None
+        async with self._state_lock:  # one write at a time: an older count never lands last
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.set(self._alive_key(self.worker_id), b"1", px=self._alive_ttl_ms)
+                pipe.set(self._known_key(self.worker_id), b"1", ex=max(1, int(self._worker_ttl)))
+                pipe.set(self._count_key(self.worker_id), self._local_count, px=self._alive_ttl_ms)
+                pipe.sadd(self._workers, self.worker_id)
+                pipe.expire(self._workers, max(1, int(self._worker_ttl)))
+                await pipe.execute()
 
     async def _beat(self) -> None:
         while True:
-            await asyncio.sleep(self._worker_ttl / 4)
+            await asyncio.sleep(self._liveness_interval)
             try:
                 await self._announce()
             except (RedisError, OSError) as exc:
-                self._warn(f"pollsession: could not refresh the worker key in Redis ({exc})")
+                self._warn(f"pollsession: could not refresh the worker's keys in Redis ({exc})")
 
     # -- errors --------------------------------------------------------------------
 

@@ -59,6 +59,9 @@ class Backend:
 
     _local: LocalSide
 
+    def bind(self, poll_timeout: float) -> None:
+        """Called once by the handler that uses this backend, with its ``poll_timeout`` (ValueError if it cannot)."""
+
     def new_session_id(self) -> str:
         """A new, unguessable session id (192 bits from the OS CSPRNG, URL-safe)."""
         return secrets.token_urlsafe(24)

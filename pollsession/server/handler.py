@@ -215,6 +215,7 @@ class HttpHandler:
         self._authenticate = authenticate
         self._client_key = client_key or _default_client_key
         self._backend = backend if backend is not None else LocalBackend()
+        self._backend.bind(self.settings.poll_timeout)
         self._backend_started = False
         self._backend_lock: asyncio.Lock | None = None
         self._registry = Registry(coroutine_function, self.settings, backend=self._backend)

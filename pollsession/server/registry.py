@@ -64,6 +64,7 @@ class Registry:
         self.rooms = Rooms()
         self._timer: asyncio.TimerHandle | None = None
         self._shutting_down = False
+        self._opening = 0  # opens waiting for the backend's admission
 
     # -- lookups ---------------------------------------------------------------
 
@@ -122,7 +123,12 @@ class Registry:
         if self._shutting_down:
             raise ServiceUnavailable("the server is shutting down", retry_after=self._settings.retry_after,
                                      code="shutting_down")
-        if not await self._backend.admit(self._settings.max_sessions, len(self._sessions)):
+        opening, self._opening = self._opening, self._opening + 1  # opens admitted but not yet added count
+        try:
+            admitted = await self._backend.admit(self._settings.max_sessions, len(self._sessions) + opening)
+        finally:
+            self._opening -= 1
+        if not admitted:
             raise ServiceUnavailable(
                 f"the maximum of {self._settings.max_sessions} sessions is reached",
                 retry_after=self._settings.retry_after,
