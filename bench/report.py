@@ -225,6 +225,12 @@ def markdown(results: dict[str, Any]) -> str:
         ratio = "-" if row["value"] is None else f"{row['value']:.2f}x"
         lines.append(f"| {row['framework']} | {LABELS.get(row['system'], row['system'])} | {row['check']} | {ratio} "
                      f"| {row['absolute']} | **{row['status']}** |")
+    if not results["systems"]:  # a file with only the many-workers section (run.py --workers alone)
+        lines = []
+    if results.get("workers"):
+        from multi_report import worker_markdown
+
+        lines += ["", *worker_markdown(results["workers"])]
     return "\n".join(lines) + "\n"
 
 
@@ -237,6 +243,8 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
 
     frameworks = list(results["systems"])
     written: list[Path] = []
+    if not frameworks:
+        return written
     style: dict[str, Any] = {"dpi": 80, "bbox_inches": "tight"}
 
     fig, axes = plt.subplots(1, len(frameworks), figsize=(4.6 * len(frameworks), 3.2), squeeze=False)

@@ -16,6 +16,11 @@ What it does, in order (see bench/README.md for the definitions):
 4. writes ``bench/results/results.json``, ``results.md`` and the PNG plots, and
    prints the table and the PASS/MISS list of the targets.
 
+``--workers`` runs the many-workers benchmark instead (``bench/multi.py``:
+Tornado workers on Redis behind nginx round robin) and merges its section
+into the ``results.json`` already in ``--out`` (if any), so that one file
+and one ``results.md`` hold both.
+
 ``--publish`` also copies results.md and the PNGs to bench/results-latest/ and
 rewrites the results section of bench/README.md. ``--profile`` samples the
 pollsession server with py-spy during every phase (bench/results/profile-*).
@@ -191,6 +196,51 @@ def publish(out: Path, results: dict[str, Any], images: list[Path], table: str) 
     print(f"published to {latest} and {readme}")
 
 
+def run_workers_only(args: argparse.Namespace, pinned: bool) -> None:
+    """``--workers``: the many-workers section, merged into the results already in ``args.out``."""
+    from deploy import problem
+    from multi import MultiConfig, run_workers
+    from multi_report import worker_checks
+    from report import markdown
+
+    missing = problem()
+    if missing:
+        sys.exit(f"the many-workers benchmark cannot run: {missing}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    progress = Progress()
+    progress.prefix = "workers: "
+    config = MultiConfig.quick() if args.quick else MultiConfig()
+    progress(f"{'quick' if args.quick else 'full'} run; workers on cores {SERVER_CORE} and {CLIENT_CORE}, load "
+             f"generator, nginx and redis-server on core {CLIENT_CORE}{'' if pinned else ' (UNPINNED)'}")
+    path = args.out / "results.json"
+    results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    if "meta" not in results:  # no other section yet: this run's meta stands for the file
+        results = {"meta": {"quick": args.quick, "machine": machine(), "versions": versions(), "pinned": pinned,
+                            "server_core": SERVER_CORE, "client_core": CLIENT_CORE, "profiled": False,
+                            "started": datetime.datetime.now().isoformat(timespec="seconds"), "duration_s": 0.0,
+                            "finished": "-", "load_at_end": os.getloadavg()[0]}, "systems": {}}
+    section = {"quick": args.quick, "machine": machine(), "pinned": pinned,
+               "started": datetime.datetime.now().isoformat(timespec="seconds"), "versions": versions()}
+    try:
+        section.update(asyncio.run(run_workers(config, progress, args.out, server_core=SERVER_CORE,
+                                               client_core=CLIENT_CORE)))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        sys.exit("interrupted: redis-server, nginx and the workers are stopped; nothing written")
+    section["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
+    section["load_at_end"] = os.getloadavg()[0]
+    results["workers"] = section
+    path.write_text(json.dumps(results, indent=1))
+    table = markdown(results)
+    (args.out / "results.md").write_text(table)
+    print()
+    print(table)
+    print("Targets (many workers):")
+    for row in worker_checks(section):
+        ratio = "" if row["value"] is None else f"{row['value']:.2f}  "
+        print(f"  {row['status']:4s}  {row['check']}: {ratio}{row['absolute']}")
+    print(f"\nwrote {path} and results.md in {section['duration_s']:.0f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -206,6 +256,9 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true",
                         help="sample the pollsession server with py-spy in every phase (timings not representative)")
     parser.add_argument("--no-install", action="store_true", help="fail instead of pip-installing what is missing")
+    parser.add_argument("--workers", action="store_true",
+                        help="run only the many-workers benchmark (Redis, nginx; bench/multi.py) and merge its "
+                             "section into the results.json in --out")
     args = parser.parse_args()
 
     ensure_requirements(not args.no_install)
@@ -216,6 +269,9 @@ def main() -> None:
     from servers import SUPPORTED
 
     nofile = raise_nofile()
+    if args.workers:
+        run_workers_only(args, pinned)
+        return
     config = Config.quick() if args.quick else Config()
     if nofile < config.hold_n + 2000:
         config.hold_n = max(100, nofile - 2000)
@@ -240,6 +296,11 @@ def main() -> None:
     meta["duration_s"] = time.monotonic() - progress.started
     meta["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
     meta["load_at_end"] = os.getloadavg()[0]
+    previous = args.out / "results.json"
+    if previous.exists():  # keep the many-workers section of an earlier ``--workers`` run
+        earlier = json.loads(previous.read_text()).get("workers")
+        if earlier is not None:
+            results["workers"] = earlier
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     table = markdown(results)
     (args.out / "results.md").write_text(table)

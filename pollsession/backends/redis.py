@@ -141,6 +141,8 @@ class RedisBackend(Backend):
     itself every ``liveness_interval`` (1 s): a worker silent for three of
     them is dead (its sessions end with 1012), and one silent for
     ``worker_ttl`` is forgotten (its session ids become unknown).
+    ``max_connections`` bounds the worker's Redis connections (besides its
+    subscription); a command past it waits for one to be free.
     """
 
     def __init__(
@@ -153,6 +155,7 @@ class RedisBackend(Backend):
         liveness_interval: float = 1.0,
         worker_ttl: float = 120.0,
         retry_after: int = 1,
+        max_connections: int = 64,
     ) -> None:
         if not name or any(c in name for c in " \0"):
             raise ValueError(f"name must be a non-empty string without spaces, got {name!r}")
@@ -168,6 +171,9 @@ class RedisBackend(Backend):
         self._liveness_interval = liveness_interval
         self._worker_ttl = worker_ttl
         self._retry_after = retry_after
+        if type(max_connections) is not int or max_connections < 2:
+            raise ValueError(f"max_connections must be an integer >= 2, got {max_connections!r}")
+        self._max_connections = max_connections
         self.worker_id = secrets.token_urlsafe(6)
         self._redis: Any = None
         self._pubsub: Any = None
@@ -182,6 +188,7 @@ class RedisBackend(Backend):
         self._draining = False
         self._serving: dict[str, asyncio.Task[None]] = {}
         self._told: set[asyncio.Task[None]] = set()
+        self._liveness: dict[str, tuple[float, asyncio.Future[bool]]] = {}
         self._state_lock: asyncio.Lock | None = None
         self._redis_run = ""  # Redis's run_id when this worker subscribed: a restart changes it
         self._subscribed_at = 0.0
@@ -242,7 +249,11 @@ class RedisBackend(Backend):
     async def start(self, local: LocalSide) -> None:
         """Subscribe to this worker's channel and the broadcasts, announce the worker; 503 when Redis is unreachable."""
         self._local = local
-        self._redis = aioredis.from_url(self._url)
+        # A blocking pool: past max_connections a command waits for a free connection (at most
+        # forward_timeout) instead of failing as if Redis were down.
+        pool = aioredis.BlockingConnectionPool.from_url(self._url, max_connections=self._max_connections,
+                                                        timeout=self._forward_timeout)
+        self._redis = aioredis.Redis(connection_pool=pool)
         self._state_lock = asyncio.Lock()
         try:
             await self._announce()
@@ -439,13 +450,32 @@ class RedisBackend(Backend):
                 return await asyncio.wait_for(asyncio.shield(answer), min(left, self._liveness_interval))
             except asyncio.TimeoutError:
                 pass
-            try:
-                (_, subscribers), = await self._client.pubsub_numsub(self._channel(owner))
-                alive = subscribers or await self._client.exists(self._alive_key(owner))
-            except (RedisError, OSError) as exc:
-                raise self._unreachable(exc) from None
-            if not alive and not answer.done():  # dead: not subscribed, and silent for three heartbeats
+            if not await self._owner_alive(owner) and not answer.done():  # not subscribed, silent for 3 beats
                 return await self._owner_gone(owner, operation)
+
+    async def _owner_alive(self, owner: str) -> bool:
+        """Whether ``owner`` is subscribed or announced itself lately; asked of Redis at most once per
+        ``liveness_interval`` per owner, however many requests wait for it."""
+        now = time.monotonic()
+        cached = self._liveness.get(owner)
+        if cached is not None and now - cached[0] < self._liveness_interval:
+            return await cached[1]
+        check: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._liveness[owner] = (now, check)
+        try:
+            (_, subscribers), = await self._client.pubsub_numsub(self._channel(owner))
+            alive = bool(subscribers) or bool(await self._client.exists(self._alive_key(owner)))
+        except (RedisError, OSError) as exc:
+            del self._liveness[owner]
+            error = self._unreachable(exc)
+            check.set_exception(error)
+            check.exception()  # retrieved: the waiters get it through their own await
+            raise error from None
+        check.set_result(alive)
+        if len(self._liveness) > 1000:  # owners come and go: keep the cache small
+            self._liveness = {key: value for key, value in self._liveness.items()
+                              if now - value[0] < self._liveness_interval}
+        return alive
 
     async def _owner_gone(self, owner: str, operation: Forwardable | None) -> HttpResponse:
         """Nobody listens for ``owner``: resubscribing (503), dead (its sessions ended: 1012), or unknown (410)."""
