@@ -20,7 +20,7 @@ import pytest
 
 from pollsession import HttpHandler, Session, SessionClosed
 from pollsession.backends.frames import Answer, Cancel, Forwarded, decode, encode_answer, encode_cancel, encode_operation
-from pollsession.backends.redis import OWNER_GONE, RedisBackend
+from pollsession.backends.redis import OWNER_STOPPED, RedisBackend
 from pollsession.protocol.http import HttpResponse
 from pollsession.protocol.messages import Packed
 from pollsession.protocol.requests import Delete, Poll, Push
@@ -149,20 +149,21 @@ def test_a_graceful_stop_of_the_owner_answers_its_forwarded_polls_with_the_close
     assert body_of(results[0])["closed"] == {"code": 1001, "reason": "server shutting down"}
 
 
-def test_when_the_owner_is_gone_its_clients_learn_1012_at_once(workers: Workers) -> None:
+def test_when_the_owners_backend_stops_its_forwarded_polls_learn_the_close_at_once(workers: Workers) -> None:
+    # A killed worker (no clean stop) gives 1012 instead: tests/test_redis_deployment.py kills one.
     a, b = workers.handlers
     sid = opened(a)
     results: list[HttpResponse] = []
     thread = threading.Thread(target=lambda: results.append(poll(b, sid, 0)))
     thread.start()
     wait_until(lambda: a.submit(_holds_poll(a, sid)).result(), what="the forwarded poll to be held at the owner")
-    a.submit(workers.backends[0].close()).result(5)  # the owner stops listening, as a killed worker does
+    a.submit(workers.backends[0].close()).result(5)  # the owner stops listening (and says it stopped)
     thread.join(5)
     assert not thread.is_alive(), "the held forwarded poll did not notice that its owner is gone"
     assert results[0].status == 410
-    assert body_of(results[0])["closed"] == {"code": OWNER_GONE.code, "reason": OWNER_GONE.reason}
+    assert body_of(results[0])["closed"] == {"code": OWNER_STOPPED.code, "reason": OWNER_STOPPED.reason}
     again = push(b, sid, (1, "late"))
-    assert (again.status, body_of(again)["closed"]["code"]) == (410, 1012)
+    assert (again.status, body_of(again)["closed"]["code"]) == (410, 1001)
 
 
 async def _holds_poll(handler: HttpHandler, sid: str) -> bool:

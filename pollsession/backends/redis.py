@@ -88,12 +88,17 @@ from .frames import (
     encode_send,
 )
 
-__all__ = ["RedisBackend", "Publisher", "OWNER_GONE", "MISSED_BROADCAST"]
+__all__ = ["RedisBackend", "Publisher", "OWNER_GONE", "OWNER_STOPPED", "MISSED_BROADCAST"]
 
 logger = logging.getLogger("pollsession.redis")
 
 OWNER_GONE = Closed(1012, "service restart")
 """The close a client learns when the worker that owned its session is gone."""
+
+OWNER_STOPPED = Closed(1001, "server shutting down")
+"""The close a client learns when the worker that owned its session shut down cleanly (as it told its clients)."""
+
+_STOPPED = b"stopped"  # the value of a worker's "known" key once it shut down cleanly
 
 MISSED_BROADCAST = Closed(1013, "missed a broadcast; open a new session")
 """The close of this worker's sessions when it may have missed a broadcast (its Redis subscription dropped)."""
@@ -276,10 +281,13 @@ class RedisBackend(Backend):
         if self._told:
             await asyncio.wait(set(self._told), timeout=1.0)
         if self._redis is not None and self._state_lock is not None:
-            try:  # this worker's sessions no longer count
+            try:  # this worker's sessions no longer count, and it is not resubscribing: it stopped
                 async with self._state_lock:
-                    await self._redis.delete(self._count_key(self.worker_id))
-                    await self._redis.srem(self._workers, self.worker_id)
+                    async with self._redis.pipeline(transaction=False) as pipe:
+                        pipe.delete(self._count_key(self.worker_id), self._alive_key(self.worker_id))
+                        pipe.srem(self._workers, self.worker_id)
+                        pipe.set(self._known_key(self.worker_id), _STOPPED, ex=max(1, int(self._worker_ttl)))
+                        await pipe.execute()
             except (RedisError, OSError):
                 pass
         self._fail_waiting("the handler is shut down")
@@ -492,6 +500,9 @@ class RedisBackend(Backend):
             return HttpResponse(204)
         if not known:
             return error_response(UnknownSession("unknown, expired or closed session"))
+        if known == _STOPPED:  # it shut down cleanly: its sessions were closed with 1001
+            return error_response(UnknownSession("the worker that owned the session has shut down",
+                                                 code="session_ended", closed=OWNER_STOPPED))
         return error_response(UnknownSession("the worker that owned the session is gone", code="session_ended",
                                              closed=OWNER_GONE))
 
