@@ -9,12 +9,16 @@ answer back. Every protocol rule is applied once, by the owner.
 
 Failures, and what a client sees:
 
-* The owner is gone (killed, or stopped): nobody is subscribed to its
-  channel. While the owner's worker key lives (``worker_ttl`` after its last
-  heartbeat), a poll or push of its sessions answers 410 with the close
-  ``{"code": 1012, "reason": "service restart"}`` (:data:`OWNER_GONE`), so its
-  clients end with 1012 at once; a held forwarded poll notices within about a
-  second (``liveness_interval``). After that the id is unknown (plain 410).
+* Every worker announces itself every ``liveness_interval`` (1 s): an
+  "alive" key for three of them, a "known" key for ``worker_ttl``.
+* The owner is not subscribed but alive (its connection dropped, it is
+  resubscribing): 503 ``owner_unavailable``, retried; the session goes on.
+* The owner is dead (killed: silent for three heartbeats): a poll or push of
+  its sessions answers 410 with the close ``{"code": 1012, "reason":
+  "service restart"}`` (:data:`OWNER_GONE`); a held forwarded poll notices
+  within a second of that. It stopped cleanly: 410 with its 1001
+  (:data:`OWNER_STOPPED`), at once. After ``worker_ttl`` its ids are unknown
+  (plain 410).
 * The owner does not answer in time (``forward_timeout`` beyond a poll's
   hold): 503 with ``Retry-After``. Every request of the protocol is
   idempotent, so the client's retry loses and doubles nothing.
