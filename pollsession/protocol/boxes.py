@@ -4,7 +4,7 @@ Both queues keep messages in their wire (or compact) form, never as decoded
 Python objects, so what a session holds is what its limits say:
 
 * :class:`Outbox`: messages sent to the client and not yet acknowledged, as
-  encoded fragments (``_messages.Outgoing``), numbered from 1. It holds at most
+  encoded fragments (``messages.Outgoing``), numbered from 1. It holds at most
   ``max_messages`` and at most ``max_bytes`` of fragments, except that one
   message always fits into an empty outbox (so a message of
   ``max_message_size`` can always be sent). The JSON of a poll answer's
@@ -12,14 +12,14 @@ Python objects, so what a session holds is what its limits say:
   that polls again and again for the same data costs a copy of at most
   ``max_bytes``, not a JSON encoding, and holds no second copy.
 * :class:`Inbox`: pushed messages not yet read by the application, packed
-  (``_messages.Packed``), at most ``max_messages`` and ``max_bytes``, the same
+  (``messages.Packed``), at most ``max_messages`` and ``max_bytes``, the same
   empty-box rule applying; and the highest client sequence number held, which
   makes a retried push harmless.
 
 Invariants kept here: sequence numbers in the outbox are consecutive, so what
 an ack frees is a prefix; the inbox's ``received`` only grows, by exactly the
-messages taken. Nothing here waits: the asyncio layer (``_session``) decides
-who waits for room and wakes them.
+messages taken. Nothing here waits: the core (``delivery``) decides who
+waits for room, and the asyncio layer (``server.channel``) wakes them.
 """
 
 from __future__ import annotations

@@ -214,7 +214,7 @@ def parse_batch(body: bytes) -> list[tuple[int, Packed]]:
     A bad batch is refused whole (400) and delivers nothing. Sequence numbers
     are checked here to be integers >= 1, consecutive and increasing; how they
     relate to what the session already holds (gaps, repeats), and the size of
-    the new messages, are checked by the session (``Session._accept``).
+    the new messages, are checked by the session (``Delivery.accept``).
     """
     document = parse_json(body)
     if not isinstance(document, dict) or not isinstance(document.get("messages"), list):

@@ -8,7 +8,7 @@ framework's thread. Because an unknown session (410) must win over a
 malformed body or query, errors found after the session id are not raised
 here: they travel inside the operation (``error``) and the registry raises
 them once it knows the session exists. Gaps, message sizes and the inbox
-need the session's state, so the session checks them (``Session._accept``).
+need the session's state, so the session checks them (``Delivery.accept``).
 """
 
 from __future__ import annotations

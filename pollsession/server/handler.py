@@ -2,7 +2,7 @@
 
 A request goes through two stages. In the framework's thread the handler
 runs every check that needs no session (probe, origin, method, session id,
-media type, body size and shape; ``_requests``), and answers at once when one
+media type, body size and shape; ``protocol.requests``), and answers at once when one
 fails. What is left is a coroutine that it hands to its event-loop thread
 (``EventLoopThread.submit``), where the registry applies it to the session
 and the answer is built. Errors become responses in one place,

@@ -3,7 +3,7 @@
 Everything in this module runs on the handler's event-loop thread; the
 handler reaches it only through ``EventLoopThread.submit``. Requests arrive
 here already parsed and validated as far as can be done without session
-state (``_requests``), so each coroutine below is short: find the session,
+state (``protocol.requests``), so each coroutine below is short: find the session,
 apply the rule, return a document for the answer.
 
 Expiry is driven by a timer on the loop every ``cleanup_interval`` seconds and
