@@ -61,6 +61,7 @@ import logging
 import re
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 try:
@@ -413,23 +414,32 @@ class RedisBackend(Backend):
             return HttpResponse(204) if isinstance(operation, Delete) else error_response(
                 UnknownSession("unknown, expired or closed session"))
         owner = operation.sid[:_WORKER_ID_LENGTH]
+        budget = self._forward_timeout
+        if isinstance(operation, Poll):
+            hold = self._poll_timeout or 0.0
+            budget += hold if operation.wait is None else min(operation.wait, hold)
+        reply = self._channel(self.worker_id)
+        return await self._ask(owner, lambda request_id: encode_operation(request_id, reply, path, operation),
+                               operation, budget)
+
+    async def _ask(self, owner: str, frame_for: Callable[[str], bytes], operation: Forwardable | None,
+                   budget: float) -> HttpResponse:
+        """Publish a request to ``owner`` and wait for its answer (or learn that it is gone).
+
+        A cancelled wait (the client went away) tells the owner to drop the request.
+        """
         request_id = secrets.token_urlsafe(12)
         answer: asyncio.Future[HttpResponse] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = answer
         if isinstance(operation, Poll):
-            self._polls[request_id] = owner
-        frame = encode_operation(request_id, self._channel(self.worker_id), path, operation)
+            self._polls[request_id] = owner  # answered at once if this worker stops (drain)
         try:
             try:
-                receivers = await self._client.publish(self._channel(owner), frame)
-                if not receivers:
-                    return await self._owner_gone(owner, operation)
+                receivers = await self._client.publish(self._channel(owner), frame_for(request_id))
             except (RedisError, OSError) as exc:
                 raise self._unreachable(exc) from None
-            budget = self._forward_timeout
-            if isinstance(operation, Poll):
-                hold = self._poll_timeout or 0.0
-                budget += hold if operation.wait is None else min(operation.wait, hold)
+            if not receivers:
+                return await self._owner_gone(owner, operation)
             return await self._wait_for(answer, owner, operation, budget)
         except asyncio.CancelledError:
             if not answer.done():
@@ -598,25 +608,11 @@ class RedisBackend(Backend):
 
     async def send_to(self, sid: str, message: Outgoing) -> None:
         """Send to another worker's session, waiting for room there (KeyError, SessionClosed as locally)."""
-        owner = sid[:_WORKER_ID_LENGTH]
-        request_id = secrets.token_urlsafe(12)
-        answer: asyncio.Future[HttpResponse] = asyncio.get_running_loop().create_future()
-        self._waiting[request_id] = answer
-        try:
-            try:
-                receivers = await self._client.publish(self._channel(owner),
-                                                       encode_send(request_id, self._channel(self.worker_id), sid,
-                                                                   message))
-            except (RedisError, OSError) as exc:
-                raise self._unreachable(exc) from None
-            response = (await self._owner_gone(owner, None)) if not receivers else (
-                await self._wait_for(answer, owner, None, float("inf")))
-        except asyncio.CancelledError:
-            if not answer.done():
-                self._tell(owner, encode_cancel(request_id))
-            raise
-        finally:
-            self._waiting.pop(request_id, None)
+        if not _SESSION_ID.fullmatch(sid):
+            raise KeyError(sid)
+        reply = self._channel(self.worker_id)
+        response = await self._ask(sid[:_WORKER_ID_LENGTH],
+                                   lambda request_id: encode_send(request_id, reply, sid, message), None, float("inf"))
         if response.status == 404:
             raise KeyError(sid)
         if response.status == 410:
