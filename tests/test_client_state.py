@@ -11,22 +11,12 @@ import pytest
 
 from pollsession import HttpError, InboxFull, MessageTooLarge, ServiceUnavailable, Unauthorized, UnknownSession
 from pollsession.client import Client
-from pollsession.client.state import (
-    DEFAULT_MAX_RETRIES,
-    DEFAULT_RETRY_BASE_DELAY,
-    DEFAULT_RETRY_MAX_DELAY,
-    Backoff,
-    Inbound,
-    Outbox,
+from pollsession.client.answers import (
     Outcome,
     OutcomeKind,
-    ProtocolError,
     RequestKind,
-    backoff_delay,
-    body_size_of,
     classify_answer,
     decode_message,
-    encode_message,
     format_seconds,
     http_error,
     parse_error_body,
@@ -35,6 +25,18 @@ from pollsession.client.state import (
     parse_poll_answer,
     parse_post_answer,
     parse_retry_after,
+)
+from pollsession.client.state import (
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_RETRY_BASE_DELAY,
+    DEFAULT_RETRY_MAX_DELAY,
+    Backoff,
+    Inbound,
+    Outbox,
+    ProtocolError,
+    backoff_delay,
+    body_size_of,
+    encode_message,
 )
 from pollsession.protocol.wire import (
     DEFAULT_LIMITS,

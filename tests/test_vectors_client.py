@@ -22,7 +22,8 @@ import pytest
 from pollsession.protocol import wire
 
 from pollsession.client import Client
-from pollsession.client.state import Backoff, Inbound, Outcome, classify_answer, encode_message
+from pollsession.client.answers import Outcome, classify_answer
+from pollsession.client.state import Backoff, Inbound, encode_message
 from pollsession.protocol.wire import Delivered, MessageType, PollAnswer
 
 VECTORS = Path(__file__).resolve().parent / "vectors" / "client"

@@ -9,7 +9,7 @@ shared vectors (``tests/vectors/client``, which the browser client obeys too).
 Invariants kept here:
 
 - What the client does with each answer is decided in
-  :mod:`pollsession.client.answers` (:func:`classify_answer`), re-exported here.
+  :mod:`pollsession.client.answers` (:func:`classify_answer`).
 - :class:`Outbox` numbers outgoing messages 1, 2, 3, ... in the order they were
   queued and keeps each one until the server acknowledges it, so a batch can be
   sent again after any failure; the server drops the seqs it already holds.
@@ -36,48 +36,14 @@ from typing import Any
 from ..protocol.errors import ProtocolError
 from ..protocol.messages import encode_outgoing
 from ..protocol.wire import Delivered
-from .answers import (
-    ABNORMAL_CLOSURE,
-    MESSAGE_TOO_BIG,
-    PROTOCOL_ERROR,
-    Outcome,
-    OutcomeKind,
-    RequestKind,
-    classify_answer,
-    decode_message,
-    format_seconds,
-    http_error,
-    parse_error_body,
-    parse_gone_answer,
-    parse_open_answer,
-    parse_poll_answer,
-    parse_post_answer,
-    parse_retry_after,
-)
 
 __all__ = [
     "ProtocolError",
     "DEFAULT_RETRY_BASE_DELAY",
     "DEFAULT_RETRY_MAX_DELAY",
     "DEFAULT_MAX_RETRIES",
-    "PROTOCOL_ERROR",
-    "MESSAGE_TOO_BIG",
-    "ABNORMAL_CLOSURE",
     "Encoded",
     "encode_message",
-    "decode_message",
-    "parse_open_answer",
-    "parse_poll_answer",
-    "parse_post_answer",
-    "parse_error_body",
-    "parse_gone_answer",
-    "parse_retry_after",
-    "format_seconds",
-    "http_error",
-    "RequestKind",
-    "OutcomeKind",
-    "Outcome",
-    "classify_answer",
     "Outbox",
     "Inbound",
     "body_size_of",

@@ -60,23 +60,25 @@ import requests
 
 from ..protocol.errors import HttpError, MessageTooLarge, ProtocolError, SessionClosed
 from ..protocol.wire import POLL_MARGIN, REQUEST_TIMEOUT, Limits
-from .state import (
+from .answers import (
     ABNORMAL_CLOSURE,
-    DEFAULT_MAX_RETRIES,
-    DEFAULT_RETRY_BASE_DELAY,
-    DEFAULT_RETRY_MAX_DELAY,
     PROTOCOL_ERROR,
-    Backoff,
-    Inbound,
-    Outbox,
     Outcome,
     OutcomeKind,
     RequestKind,
-    body_size_of,
     classify_answer,
-    encode_message,
     format_seconds,
     http_error,
+)
+from .state import (
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_RETRY_BASE_DELAY,
+    DEFAULT_RETRY_MAX_DELAY,
+    Backoff,
+    Inbound,
+    Outbox,
+    body_size_of,
+    encode_message,
 )
 
 __all__ = ["Client", "ABNORMAL_CLOSURE"]
