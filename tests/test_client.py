@@ -109,27 +109,39 @@ def test_echo_text_binary_and_json_in_order(adapter: str) -> None:
     assert client.closed and client.close_code == 1000
 
 
-def test_ten_thousand_messages_each_way_through_a_faulty_proxy(adapter: str) -> None:
+FAULTS = FaultPlan(reset_request=0.06, drop_response=0.10, truncate_response=0.04)
+"""The faults of the 10,000-message runs: with seed 19 every kind meets GETs and POSTs early."""
+
+
+def ten_thousand_each_way(upstream: str, *, timeout: float) -> None:
+    """10,000 messages each way through a ``FaultProxy`` (seed 19, :data:`FAULTS`) in front of an echo at
+    ``upstream``; asserts that nothing was lost, doubled or reordered and that every kind of fault was seen.
+
+    The echo maps each message the server's coroutine receives to one it sends back, so an exact,
+    ordered round trip means nothing was lost or doubled in either direction.
+    """
     count = 10_000
-    # Batches of up to 250 make at least 40 POSTs and 40 poll answers. With seed 19 the first
-    # twelve GETs and the first twelve POSTs already meet every kind of fault (the proxy draws
-    # one random stream per method), and the 429s of a full inbox mix in (retry_after=0).
-    handler = make_handler(echo, inbox_limit=250, outbox_limit=250, retry_after=0)
-    plan = FaultPlan(reset_request=0.06, drop_response=0.10, truncate_response=0.04)
-    with serve(adapter, handler) as base, FaultProxy(base, seed=19, plan=plan) as proxy:
+    with FaultProxy(upstream, seed=19, plan=FAULTS) as proxy:
         with Client(proxy.url + "/poll", max_retries=30, **FAST_RETRIES) as client:
             for i in range(count):
                 client.send(i)
-            received = [client.receive(timeout=10_000 * MS) for _ in range(count)]
-            client.flush(timeout=10_000 * MS)
+            received = [client.receive(timeout=timeout) for _ in range(count)]
+            client.flush(timeout=timeout)
             with pytest.raises(TimeoutError):
                 client.receive(timeout=50 * MS)  # nothing doubled at the end either
-    # The echo maps each message the server's coroutine receives to one it sends back, so
-    # an exact, ordered round trip means nothing was lost or doubled in either direction.
     assert received == list(range(count))
     for fate in ("reset_request", "drop_response", "truncate_response"):
         for method in ("GET", "POST"):
             assert proxy.count(fate, method) > 0, (fate, method, proxy.counts)
+
+
+def test_ten_thousand_messages_each_way_through_a_faulty_proxy(adapter: str) -> None:
+    # Batches of up to 250 make at least 40 POSTs and 40 poll answers. With seed 19 the first
+    # twelve GETs and the first twelve POSTs already meet every kind of fault (the proxy draws
+    # one random stream per method), and the 429s of a full inbox mix in (retry_after=0).
+    handler = make_handler(echo, inbox_limit=250, outbox_limit=250, retry_after=0)
+    with serve(adapter, handler) as base:
+        ten_thousand_each_way(base, timeout=10_000 * MS)
 
 
 def test_greeting_in_the_opening_answer_is_delivered_once(adapter: str) -> None:

@@ -10,7 +10,6 @@ same backend.
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 import threading
 from collections.abc import Iterator
@@ -107,15 +106,8 @@ def test_a_session_of_one_worker_is_served_by_the_other(workers: Workers) -> Non
     assert sid.startswith(workers.backends[0].worker_id)
     assert body_of(push(b, sid, (1, "one"))) == {"ack": 1}
     assert body_of(push(b, sid, (1, "one"), (2, "two"))) == {"ack": 2}  # a retried push, through the other worker
-    received: list[str] = []
-    ack = 0
-    while len(received) < 2:
-        answer = body_of(poll(b, sid, ack))  # held at A until the echo is sent
-        for message in answer["messages"]:
-            if message["seq"] == ack + 1:
-                ack += 1
-                received.append(message["data"])
-    assert received == ["one", "two"]
+    assert drain(b, sid, 2) == ["one", "two"]  # each poll held at A until the echo is sent
+    ack = 2
     assert body_of(poll(a, sid, ack, "0")) == {"messages": [], "closed": None}
     assert call(b, "DELETE", sid).status == 204
     gone = poll(b, sid, ack, "0")
@@ -207,13 +199,7 @@ def test_redis_down_is_a_clear_503_and_service_resumes(redis_server: Any) -> Non
         redis_server.start()
         wait_until(lambda: push(b, sid, (3, "after")).status == 200, 10.0,
                    "a forwarded push to succeed once Redis is back")
-        ack, seen = 0, []
-        while len(seen) < 3:
-            for message in body_of(poll(a, sid, ack))["messages"]:
-                if message["seq"] == ack + 1:
-                    ack += 1
-                    seen.append(message["data"])
-        assert seen == ["before", "during", "after"]  # nothing lost, nothing doubled
+        assert drain(a, sid, 3) == ["before", "during", "after"]  # nothing lost, nothing doubled
     finally:
         pair.close()
 

@@ -21,14 +21,12 @@ import pytest
 
 from pollsession import HttpHandler, Session
 from pollsession.backends.redis import RedisBackend
-from pollsession.client import Client
-from tests.fault_proxy import FaultPlan, FaultProxy
 from tests.nginx import start_nginx
+from tests.test_client import ten_thousand_each_way
 from tests.utils import MS, serve
 
 WORKERS = 3
 POLL = 5.0
-FAST_RETRIES: dict[str, Any] = {"retry_base_delay": 10 * MS, "retry_max_delay": 200 * MS}
 
 
 async def echo(session: Session) -> None:
@@ -56,17 +54,5 @@ def deployment(adapter: str, redis_url: str) -> Iterator[str]:
 @pytest.mark.parametrize("adapter", ["tornado", "flask"])
 def test_ten_thousand_messages_each_way_through_faults_a_balancer_and_three_workers(
         adapter: str, redis_server: Any) -> None:
-    count = 10_000
-    plan = FaultPlan(reset_request=0.06, drop_response=0.10, truncate_response=0.04)
-    with deployment(adapter, redis_server.url) as base, FaultProxy(base, seed=19, plan=plan) as proxy:
-        with Client(proxy.url + "/poll", max_retries=30, **FAST_RETRIES) as client:
-            for i in range(count):
-                client.send(i)
-            received = [client.receive(timeout=20_000 * MS) for _ in range(count)]
-            client.flush(timeout=20_000 * MS)
-            with pytest.raises(TimeoutError):
-                client.receive(timeout=50 * MS)  # nothing doubled at the end either
-    assert received == list(range(count))
-    for fate in ("reset_request", "drop_response", "truncate_response"):
-        for method in ("GET", "POST"):
-            assert proxy.count(fate, method) > 0, (fate, method, proxy.counts)
+    with deployment(adapter, redis_server.url) as base:
+        ten_thousand_each_way(base, timeout=20_000 * MS)
