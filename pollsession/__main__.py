@@ -5,6 +5,7 @@
     python -m pollsession --version
     python -m pollsession demo [--adapter tornado|flask] [--host 127.0.0.1] [--port 8000]
                                [--nick-timeout 60] [--clock-interval 5]
+                               [--redis redis://127.0.0.1:6379/0 [--workers 3]]
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from pollsession import __version__
 
@@ -67,11 +69,50 @@ def build_parser() -> argparse.ArgumentParser:
                            "opens it as it loads) is closed with 1008")
     demo.add_argument("--clock-interval", type=_positive_seconds, default=5.0, metavar="SECONDS",
                       help="how often the clock is pushed to every session")
+    demo.add_argument("--redis", metavar="URL", default=None,
+                      help="keep the sessions and the chat in this Redis (needs pollsession[redis]), so that "
+                           "several workers, or several demos started with the same URL behind one balancer, "
+                           "serve one chat; default: in this process")
+    demo.add_argument("--workers", type=_workers, default=1, metavar="N",
+                      help="serve with N processes sharing the port (needs --redis; Linux, macOS, BSD)")
     return parser
 
 
+def _workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of workers, got {text!r}") from None
+    if not 1 <= value <= 64:
+        raise argparse.ArgumentTypeError(f"expected from 1 to 64 workers, got {value}")
+    return value
+
+
+REDIS_NAME = "pollsession-demo"
+"""The deployment name the demo's sessions and chat use in Redis (``RedisBackend(name=...)``)."""
+
+
+def _redis_problem(url: str) -> str | None:
+    """Why the demo cannot use the Redis at ``url``, or None; checked before any worker starts."""
+    try:
+        import redis
+    except ModuleNotFoundError:
+        return "--redis needs redis-py, which is not installed: pip install 'pollsession[redis]'"
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
+    except ValueError as error:
+        return f"--redis {url!r} is not a Redis URL: {error}"
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as error:
+        return f"cannot reach Redis at {url}: {error}"
+    finally:
+        client.close()
+    return None
+
+
 def _run_demo(args: argparse.Namespace) -> int:
-    from pollsession.demo import WILDCARD_HOSTS, Chat, MissingFramework, require_framework, serve
+    from pollsession.demo import WILDCARD_HOSTS, Chat, MissingFramework, require_framework, serve, serve_workers
 
     try:
         require_framework(args.adapter)
@@ -79,25 +120,54 @@ def _run_demo(args: argparse.Namespace) -> int:
         print(f"pollsession demo: {error}", file=sys.stderr)
         return 1
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # On Tornado the sessions share Tornado's loop, so that the shutdown answers
-    # every held poll before the loop ends.
-    chat = Chat(nick_timeout=args.nick_timeout, clock_interval=args.clock_interval,
-                use_running_loop=args.adapter == "tornado")
+    if args.workers > 1 and args.redis is None:
+        print("pollsession demo: --workers needs --redis: workers share their sessions and chat through Redis",
+              file=sys.stderr)
+        return 2
+    if args.redis is not None:
+        problem = _redis_problem(args.redis)
+        if problem is not None:
+            print(f"pollsession demo: {problem}", file=sys.stderr)
+            return 1
+
+    def make_chat() -> Chat:
+        options: dict[str, Any] = {}
+        if args.redis is not None:
+            from pollsession.backends.redis import RedisBackend
+            from pollsession.demo import RedisStore
+
+            options.update(backend=RedisBackend(args.redis, name=REDIS_NAME),
+                           store=RedisStore(args.redis, name=REDIS_NAME, clock_interval=args.clock_interval))
+        # On Tornado the sessions share Tornado's loop, so that the shutdown
+        # answers every held poll before the loop ends.
+        return Chat(nick_timeout=args.nick_timeout, clock_interval=args.clock_interval,
+                    use_running_loop=args.adapter == "tornado", **options)
+
+    where = "" if args.redis is None else f", {args.workers} worker{'s' if args.workers > 1 else ''} on Redis"
 
     def ready(url: str) -> None:
-        print(f"pollsession demo ({args.adapter}): open {url}/ in two browser tabs (Ctrl-C to stop)", flush=True)
+        print(f"pollsession demo ({args.adapter}{where}): open {url}/ in two browser tabs (Ctrl-C to stop)",
+              flush=True)
         if args.host in WILDCARD_HOSTS:
             port = url.rsplit(":", 1)[1]
             print(f"pollsession demo: listening on every interface ({args.host or '0.0.0.0'}): from another "
                   f"machine, open http://<this machine's address>:{port}/", flush=True)
 
     try:
-        serve(args.adapter, chat, host=args.host, port=args.port, ready=ready)
+        if args.workers > 1:
+            status = serve_workers(args.adapter, make_chat, args.workers, host=args.host, port=args.port,
+                                   ready=ready)
+        else:
+            serve(args.adapter, make_chat(), host=args.host, port=args.port, ready=ready)
+            status = 0
     except OSError as error:  # most often: the port is taken
         print(f"pollsession demo: cannot listen on {args.host}:{args.port}: {error}", file=sys.stderr)
         return 1
+    except RuntimeError as error:  # several workers where fork() is missing
+        print(f"pollsession demo: {error}", file=sys.stderr)
+        return 1
     print("pollsession demo: stopped", flush=True)
-    return 0
+    return status
 
 
 def main(argv: Sequence[str] | None = None) -> int:

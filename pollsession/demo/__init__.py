@@ -24,13 +24,17 @@ import contextlib
 import importlib
 import importlib.util
 import logging
+import os
 import signal
+import socket
+import sys
 import threading
 from collections.abc import Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from ._chat import NICK_REQUIRED, ROOM_NAME, Chat
+from ._store import ChatStore, LocalStore, RedisStore
 
 if TYPE_CHECKING:
     import flask
@@ -39,8 +43,11 @@ if TYPE_CHECKING:
 __all__ = [
     "ADAPTERS",
     "Chat",
+    "ChatStore",
+    "LocalStore",
     "MissingFramework",
     "NICK_REQUIRED",
+    "RedisStore",
     "WILDCARD_HOSTS",
     "base_url",
     "chat_page",
@@ -48,6 +55,7 @@ __all__ = [
     "make_tornado_app",
     "require_framework",
     "serve",
+    "serve_workers",
 ]
 
 ADAPTERS = ("tornado", "flask")
@@ -132,12 +140,15 @@ def make_tornado_app(chat: Chat) -> tornado.web.Application:
     ])
 
 
-def serve(adapter: str, chat: Chat, *, host: str = "127.0.0.1", port: int = 8000, ready: Ready | None = None) -> None:
+def serve(adapter: str, chat: Chat, *, host: str = "127.0.0.1", port: int = 8000, ready: Ready | None = None,
+          sock: socket.socket | None = None) -> None:
     """Serve ``chat`` with ``adapter`` until SIGINT or SIGTERM, then close it; blocks.
 
     Call it from the main thread (it handles the signals). ``port`` 0 picks
     a free port; ``ready`` is told a URL a browser on this machine can open
     once the server listens (``127.0.0.1`` when ``host`` is ``0.0.0.0``).
+    ``sock``, a listening socket, is served instead of binding ``host`` and
+    ``port`` (as :func:`serve_workers` does).
     For Tornado, build the chat with ``Chat(use_running_loop=True)``: its
     shutdown then answers every held poll before the loop ends. Raises
     :class:`MissingFramework` when the adapter's framework is not installed.
@@ -147,9 +158,9 @@ def serve(adapter: str, chat: Chat, *, host: str = "127.0.0.1", port: int = 8000
     if adapter in _FRAMEWORKS:
         require_framework(adapter)
     if adapter == "flask":
-        _serve_flask(chat, host, port, ready)
+        _serve_flask(chat, host, port, ready, sock)
     elif adapter == "tornado":
-        _serve_tornado(chat, host, port, ready)
+        _serve_tornado(chat, host, port, ready, sock)
     else:
         raise ValueError(f"adapter must be one of {', '.join(ADAPTERS)}, got {adapter!r}")
 
@@ -164,7 +175,7 @@ def base_url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def _serve_flask(chat: Chat, host: str, port: int, ready: Ready | None) -> None:
+def _serve_flask(chat: Chat, host: str, port: int, ready: Ready | None, sock: socket.socket | None) -> None:
     from socketserver import ThreadingMixIn
 
     from werkzeug.serving import WSGIRequestHandler, make_server
@@ -176,7 +187,8 @@ def _serve_flask(chat: Chat, host: str, port: int, ready: Ready | None) -> None:
 
     # One log line per long poll drowns everything else out.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = make_server(host, port, make_flask_app(chat), threaded=True, request_handler=RequestHandler)
+    server = make_server(host, port, make_flask_app(chat), threaded=True, request_handler=RequestHandler,
+                         fd=None if sock is None else sock.fileno())
     if isinstance(server, ThreadingMixIn):
         # server_close() then waits for the request threads: the 1001 answers
         # of the held polls are written before the process exits.
@@ -208,14 +220,14 @@ def _serve_flask(chat: Chat, host: str, port: int, ready: Ready | None) -> None:
         server.server_close()
 
 
-def _serve_tornado(chat: Chat, host: str, port: int, ready: Ready | None) -> None:
+def _serve_tornado(chat: Chat, host: str, port: int, ready: Ready | None, sock: socket.socket | None) -> None:
     import tornado.httpserver
     import tornado.netutil
 
     from pollsession.adapters.tornado import server_options
 
     async def main() -> None:
-        sockets = tornado.netutil.bind_sockets(port, host)
+        sockets = tornado.netutil.bind_sockets(port, host) if sock is None else [sock]
         # Idle and body timeouts: Tornado's own defaults are an hour and none.
         server = tornado.httpserver.HTTPServer(make_tornado_app(chat), **server_options(chat.handler))
         server.add_sockets(sockets)
@@ -246,3 +258,100 @@ def _serve_tornado(chat: Chat, host: str, port: int, ready: Ready | None) -> Non
         asyncio.run(main())  # main() closes the chat, whatever ends it
     except KeyboardInterrupt:
         pass
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host`` and ``port`` with ``SO_REUSEPORT``, not yet listening.
+
+    Each worker of :func:`serve_workers` binds its own socket to the same
+    port, and the kernel spreads new connections evenly over the workers that
+    listen. This one only holds the port (and finds it, for ``port`` 0): a
+    socket that does not listen is given no connections.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    holder = socket.socket(family, socket.SOCK_STREAM)
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        holder.bind((host, port))
+    except OSError:
+        holder.close()
+        raise
+    return holder
+
+
+def _worker_socket(host: str, port: int) -> socket.socket:
+    sock = listening_socket(host, port)
+    sock.listen(128)
+    sock.setblocking(False)  # werkzeug then skips an accept another worker won, instead of blocking in it
+    return sock
+
+
+def serve_workers(adapter: str, make_chat: Callable[[], Chat], workers: int, *, host: str = "127.0.0.1",
+                  port: int = 8000, ready: Ready | None = None) -> int:
+    """Serve a chat with ``workers`` processes on one port until SIGINT or SIGTERM; blocks; the exit status.
+
+    Each worker is a forked process that builds its own chat with
+    ``make_chat`` (a chat whose handler has a ``RedisBackend``, so that any
+    worker answers any request) and serves it with :func:`serve` on its own
+    ``SO_REUSEPORT`` socket. This process only starts them, passes SIGINT and
+    SIGTERM on, and waits: 0 once every worker stopped cleanly, 1 if one
+    ended on its own (then the others are stopped too). POSIX only (fork).
+    """
+    if not hasattr(os, "fork") or not hasattr(socket, "SO_REUSEPORT"):
+        raise RuntimeError("several workers need fork() and SO_REUSEPORT (Linux, macOS, BSD)")
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("serve_workers() must be called from the main thread: it handles SIGINT and SIGTERM")
+    require_framework(adapter)
+    holder = listening_socket(host, port)
+    port = holder.getsockname()[1]
+    children: set[int] = set()
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    status = 0
+    try:
+        for _ in range(workers):
+            pid = os.fork()
+            if pid == 0:  # the worker: never returns into the caller's code
+                code = 1
+                try:
+                    for signum, handler in previous.items():
+                        signal.signal(signum, handler)
+                    holder.close()
+                    serve(adapter, make_chat(), host=host, port=port, sock=_worker_socket(host, port))
+                    code = 0
+                except BaseException:
+                    logging.getLogger("pollsession.demo").exception("pollsession demo: a worker failed")
+                finally:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    os._exit(code)
+            children.add(pid)
+        if ready is not None:
+            ready(base_url(host, port))
+        while children:
+            try:
+                pid, wait_status = os.wait()
+            except ChildProcessError:
+                break
+            children.discard(pid)
+            if os.waitstatus_to_exitcode(wait_status) != 0 or not stopping:
+                status = 1
+                if not stopping:
+                    print(f"pollsession demo: worker {pid} ended on its own "
+                          f"(exit status {os.waitstatus_to_exitcode(wait_status)}): stopping the others",
+                          file=sys.stderr, flush=True)
+                    stop(signal.SIGTERM, None)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        holder.close()
+    return status

@@ -21,7 +21,10 @@ The conversation, every server message a JSON object with a ``type``:
   ``{"type": "clock", "time": "HH:MM:SS"}``.
 
 The room is the ``room`` query parameter of the URL that opened the session
-(``/poll?room=lobby``). Everything here runs on the handler's loop, except
+(``/poll?room=lobby``). Who is in which room, and which worker pushes each
+tick, is kept by a :class:`~pollsession.demo._store.ChatStore`: in this
+process by default, in Redis when several workers serve one chat (with a
+``RedisBackend``). Everything here runs on the handler's loop, except
 :meth:`Chat.start` and :meth:`Chat.close`, which are called from the thread
 that runs the web server (:meth:`Chat.aclose` from a loop, when the handler
 runs on that loop: ``use_running_loop``).
@@ -34,11 +37,13 @@ import concurrent.futures
 import datetime
 import logging
 import re
+import time
 from typing import Any
 
 from ..protocol.errors import SessionClosed
 from ..server.handler import HttpHandler
 from ..server.session import Session
+from ._store import ChatStore, LocalStore
 
 __all__ = ["Chat", "ROOM_NAME", "NICK_REQUIRED", "clean_nick"]
 
@@ -52,9 +57,9 @@ MAX_NICK = 32
 MAX_TEXT = 500
 
 
-def wall_clock() -> str:
-    """The server's local time of day, for people to read (never used to measure time)."""
-    return datetime.datetime.now().strftime("%H:%M:%S")
+def wall_clock(at: float | None = None) -> str:
+    """The local time of day at ``at`` (seconds since the epoch; default now), for people to read."""
+    return datetime.datetime.fromtimestamp(time.time() if at is None else at).strftime("%H:%M:%S")
 
 
 def clean_nick(data: Any) -> str | None:
@@ -70,24 +75,32 @@ class Chat:
 
     Mount ``chat.handler`` in a web app, call :meth:`start` once the app is
     about to serve (it starts the clock on the handler's loop), and
-    :meth:`close` when it stops. Keyword arguments other than the two below
-    go to ``HttpHandler``.
+    :meth:`close` when it stops. ``store`` keeps the members and the clock's
+    turns (a :class:`~pollsession.demo._store.LocalStore` by default; a
+    ``RedisStore`` with ``backend=RedisBackend(...)`` for many workers).
+    Other keyword arguments go to ``HttpHandler``.
     """
 
-    def __init__(self, *, nick_timeout: float = 10.0, clock_interval: float = 5.0, **handler_options: Any) -> None:
+    def __init__(self, *, nick_timeout: float = 10.0, clock_interval: float = 5.0,
+                 store: ChatStore | None = None, **handler_options: Any) -> None:
         if nick_timeout <= 0 or clock_interval <= 0:
             raise ValueError(f"nick_timeout and clock_interval must be > 0, got {nick_timeout} and {clock_interval}")
         self.nick_timeout = nick_timeout
         self.clock_interval = clock_interval
+        self.store = store if store is not None else LocalStore()
         self.handler = HttpHandler(self.serve_session, **handler_options)
-        # room -> session id -> nickname; touched on the handler's loop only.
-        self._members: dict[str, dict[str, str]] = {}
         self._clock: concurrent.futures.Future[None] | None = None
 
     def start(self) -> None:
-        """Start the clock: one task on the handler's loop for every session. Idempotent."""
+        """Start the clock (one task on the handler's loop for every session) and the store's upkeep. Idempotent.
+
+        The upkeep outlives :meth:`close`: the sessions' last words (their
+        leaves) still reach the store. It ends, closing the store, with the
+        handler's loop.
+        """
         if self._clock is None:
             self._clock = self.handler.submit(self._tick())
+            self.handler.submit(self._keep_store())
 
     def close(self) -> None:
         """Stop the clock, then close every session with 1001 (``HttpHandler.close``). Idempotent."""
@@ -101,24 +114,31 @@ class Chat:
             self._clock.cancel()
         await self.handler.aclose()
 
+    async def _keep_store(self) -> None:
+        try:
+            await self.store.run()
+        finally:
+            await self.store.aclose()
+
     async def _tick(self) -> None:
+        # Ticks fall on multiples of the interval of the wall clock, so that
+        # every worker of a chat agrees on which slot a tick belongs to; the
+        # store lets one of them push it.
         while True:
-            await asyncio.sleep(self.clock_interval)
+            await asyncio.sleep(self.clock_interval - time.time() % self.clock_interval)
+            slot = round(time.time() / self.clock_interval)  # a wake-up a little early or late: the same slot
             try:
-                await self.handler.broadcast({"type": "clock", "time": wall_clock()})
+                if await self.store.take_tick(slot):
+                    await self.handler.broadcast({"type": "clock", "time": wall_clock(slot * self.clock_interval)})
             except Exception:  # a bad tick must not stop the clock
-                logger.exception("pollsession demo: the clock's broadcast failed")
+                logger.exception("pollsession demo: the clock's tick failed")
 
-    def members(self, room: str) -> list[str]:
-        """The nicknames in ``room``, sorted; on the handler's loop only."""
-        return sorted(self._members.get(room, {}).values(), key=str.casefold)
-
-    def _taken(self, room: str, nick: str) -> bool:
-        folded = nick.casefold()
-        return any(member.casefold() == folded for member in self._members.get(room, {}).values())
+    async def members(self, room: str) -> list[str]:
+        """The nicknames in ``room``, sorted ignoring case."""
+        return await self.store.members(room)
 
     async def _nickname(self, session: Session, room: str) -> str | None:
-        """The first free nickname the client sends within the deadline, or None."""
+        """The first free nickname the client sends within the deadline, claimed for it; or None."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.nick_timeout
         while True:
@@ -126,7 +146,7 @@ class Chat:
                 nick = clean_nick(await session.receive(timeout=max(0.0, deadline - loop.time())))
             except TimeoutError:
                 return None
-            if nick is None or not self._taken(room, nick):
+            if nick is None or await self.store.claim(room, session.id, nick):
                 return nick
             await session.send({"type": "nick_taken", "nick": nick,
                                 "message": f'the nickname "{nick}" is taken in #{room}: choose another'})
@@ -146,20 +166,15 @@ class Chat:
             await session.close(1008, NICK_REQUIRED)
             return
 
-        # No await between the check in _nickname and here: two sessions
-        # cannot both take a free nickname.
         session.join(room)
-        self._members.setdefault(room, {})[session.id] = nick
         try:
-            await session.send({"type": "welcome", "nick": nick, "members": self.members(room)})
-            await self.handler.broadcast({"type": "join", "nick": nick, "members": self.members(room)}, room=room)
+            await session.send({"type": "welcome", "nick": nick, "members": await self.members(room)})
+            await self.handler.broadcast({"type": "join", "nick": nick, "members": await self.members(room)},
+                                         room=room)
             async for data in session:
                 text = data.strip()[:MAX_TEXT] if isinstance(data, str) else ""
                 if text:
                     await self.handler.broadcast({"type": "message", "nick": nick, "text": text}, room=room)
         finally:
-            members = self._members.get(room, {})
-            members.pop(session.id, None)
-            if not members:
-                self._members.pop(room, None)
-        await self.handler.broadcast({"type": "leave", "nick": nick, "members": self.members(room)}, room=room)
+            await self.store.release(room, session.id, nick)
+        await self.handler.broadcast({"type": "leave", "nick": nick, "members": await self.members(room)}, room=room)
