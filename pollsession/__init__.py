@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .protocol.errors import (
     BadRequest,
@@ -33,7 +34,11 @@ from .server.handler import AuthHook, HttpHandler, error_response
 from .server.session import Session
 from .server.session_handler import Decode, SessionHandler
 
+if TYPE_CHECKING:
+    from .client.aio import AsyncClient
+
 __all__ = [
+    "AsyncClient",
     "AuthHook",
     "BadRequest",
     "Forbidden",
@@ -65,6 +70,15 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    """Import :class:`AsyncClient` on first use, so that ``import pollsession`` does not import httpx."""
+    if name == "AsyncClient":
+        from .client.aio import AsyncClient  # without httpx: ImportError naming pip install 'pollsession[async]'
+
+        return AsyncClient
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def client_script_path() -> Path:

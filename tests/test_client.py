@@ -130,6 +130,11 @@ def ten_thousand_each_way(upstream: str, *, timeout: float) -> None:
             with pytest.raises(TimeoutError):
                 client.receive(timeout=50 * MS)  # nothing doubled at the end either
     assert received == list(range(count))
+    assert_every_fault_seen(proxy)
+
+
+def assert_every_fault_seen(proxy: FaultProxy) -> None:
+    """Every kind of fault of :data:`FAULTS` met both GETs and POSTs (else the run proved less than it claims)."""
     for fate in ("reset_request", "drop_response", "truncate_response"):
         for method in ("GET", "POST"):
             assert proxy.count(fate, method) > 0, (fate, method, proxy.counts)

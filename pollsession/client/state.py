@@ -1,8 +1,9 @@
 """Reliability rules of the Python client, as plain objects without I/O.
 
 Everything that decides *what* the client sends, *what* it keeps and *what it
-does with an answer* lives in this module; :mod:`pollsession.client.sync` only
-moves bytes and waits. Nothing here touches a socket or a thread, so every rule
+does with an answer* lives in this module, :mod:`pollsession.client.answers`
+and :mod:`pollsession.client.core`; both clients (:mod:`pollsession.client.sync`
+and :mod:`pollsession.client.aio`) only move bytes and wait. Nothing here touches a socket or a thread, so every rule
 can be tested with plain calls (``tests/test_client_state.py``) and held to the
 shared vectors (``tests/vectors/client``, which the browser client obeys too).
 
@@ -21,7 +22,8 @@ Invariants kept here:
   its ``ack`` is always the highest seq received contiguously.
 - :class:`Backoff` draws its jitter from an injected ``random`` callable.
 
-Thread-safety: none. The client guards every object here with its own lock.
+Thread-safety: none. The threaded client guards every object here with its lock;
+the asyncio client uses them from its event loop only.
 """
 
 from __future__ import annotations

@@ -13,8 +13,9 @@
 The client speaks docs/protocol.md version 1 with :mod:`requests`. What to
 send again, what to drop as a duplicate, what an answer means and how long to
 back off is decided by the plain objects of :mod:`pollsession.client.state`
-(every answer goes through its ``classify_answer``); this module only moves
-bytes and waits.
+and :mod:`pollsession.client.core` (every answer goes through
+``classify_answer``), which :class:`~pollsession.client.aio.AsyncClient`
+shares; this module only moves bytes and waits.
 
 Threads
 -------
@@ -45,52 +46,25 @@ wire.POLL_MARGIN)``, so a short ``request_timeout`` never cuts a held poll.
 
 from __future__ import annotations
 
-import enum
 import logging
 import random
-import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
 import requests
 
-from ..protocol.errors import HttpError, MessageTooLarge, ProtocolError, SessionClosed
-from ..protocol.wire import POLL_MARGIN, REQUEST_TIMEOUT, Limits
-from .answers import (
-    ABNORMAL_CLOSURE,
-    PROTOCOL_ERROR,
-    Outcome,
-    OutcomeKind,
-    RequestKind,
-    classify_answer,
-    format_seconds,
-    http_error,
-)
-from .state import (
-    DEFAULT_MAX_RETRIES,
-    DEFAULT_RETRY_BASE_DELAY,
-    DEFAULT_RETRY_MAX_DELAY,
-    Backoff,
-    Inbound,
-    Outbox,
-    body_size_of,
-    encode_message,
-)
+from ..protocol.errors import SessionClosed
+from ..protocol.wire import REQUEST_TIMEOUT
+from .answers import ABNORMAL_CLOSURE, Outcome, OutcomeKind, RequestKind, classify_answer
+from .core import ClientCore, Phase, Step, end_log_level, exchange_step, open_error
+from .state import DEFAULT_MAX_RETRIES, DEFAULT_RETRY_BASE_DELAY, DEFAULT_RETRY_MAX_DELAY, Backoff
 
 __all__ = ["Client", "ABNORMAL_CLOSURE"]
 
 _log = logging.getLogger("pollsession.client")
-
-
-class _State(enum.Enum):
-    NEW = "new"  # open() not called yet
-    OPEN = "open"  # sending and receiving
-    CLOSING = "closing"  # the close is decided (code known); cleanup (final poll or DELETE) under way
-    CLOSED = "closed"  # cleanup done; receive() raises once the buffered messages are consumed
 
 
 class Client:
@@ -131,41 +105,24 @@ class Client:
         retry_max_delay: float = DEFAULT_RETRY_MAX_DELAY,
         open: bool = True,
     ) -> None:
-        if poll_wait is not None and not poll_wait > 0:
-            # wait=0 is a short poll; polling in a loop without a hold would be a busy loop.
-            raise ValueError(f"expected poll_wait to be None or > 0 seconds, got {poll_wait!r}")
-        if not request_timeout > 0:
-            raise ValueError(f"expected request_timeout > 0, got {request_timeout!r}")
+        # The core checks the settings now rather than in a thread.
+        self._core = ClientCore(poll_wait=poll_wait, request_timeout=request_timeout, max_retries=max_retries,
+                                retry_base_delay=retry_base_delay, retry_max_delay=retry_max_delay,
+                                random=random.Random().random)
         self._url = url
         self._headers = dict(headers or {})
         self._cookies = dict(cookies or {})
         self._own_http = session is None
         self._http = session if session is not None else requests.Session()
-        self._poll_wait = poll_wait
         self._request_timeout = request_timeout
-        self._retry_base_delay = retry_base_delay
-        self._retry_max_delay = retry_max_delay
-        self._max_retries = max_retries
-        self._random = random.Random()
-        self._backoff()  # check the retry settings now rather than in a thread
 
-        # Everything below is guarded by _lock. _work wakes the sender; _news
-        # wakes receive() and flush(). _stop cuts sleeps short once closing.
+        # _core is guarded by _lock. _work wakes the sender; _news wakes
+        # receive() and flush(). _stop cuts sleeps short once closing.
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)
         self._news = threading.Condition(self._lock)
         self._stop = threading.Event()
         self._closing = threading.Lock()
-        self._state = _State.NEW
-        self._opening = False
-        self._sid: str | None = None
-        self._limits: Limits | None = None
-        self._outbox = Outbox()
-        self._inbound = Inbound()
-        self._inbox: deque[Any] = deque()
-        self._close_code: int | None = None
-        self._close_reason: str | None = None
-        self._closed_in_hello: Outcome | None = None
         self._threads: list[threading.Thread] = []
         if open:
             try:
@@ -179,7 +136,7 @@ class Client:
     @property
     def sid(self) -> str | None:
         """The session id, or None before :meth:`open`. Treat it as a secret."""
-        return self._sid
+        return self._core.sid
 
     @property
     def closed(self) -> bool:
@@ -187,17 +144,17 @@ class Client:
 
         :meth:`receive` may still return messages that arrived before the end.
         """
-        return self._state is _State.CLOSED
+        return self._core.phase is Phase.CLOSED
 
     @property
     def close_code(self) -> int | None:
         """The close code once the session is ending (1006: ended without a close), else None."""
-        return self._close_code
+        return self._core.close_code
 
     @property
     def close_reason(self) -> str | None:
         """The close reason once the session is ending, else None."""
-        return self._close_reason
+        return self._core.close_reason
 
     def open(self) -> None:
         """Open the session with ``GET url`` and start the background threads.
@@ -213,24 +170,17 @@ class Client:
         it returns, :meth:`send` and :meth:`receive` work.
         """
         with self._lock:
-            if self._state is not _State.NEW or self._opening:
-                raise RuntimeError(f"open() may be called once; the client is {self._state.value}")
-            self._opening = True
+            self._core.begin_open()
         try:
             opened = self._open_request()
         finally:
             with self._lock:
-                self._opening = False
+                self._core.opening = False
         with self._lock:
-            closed_meanwhile = self._state is not _State.NEW
-            self._sid, self._limits = opened.sid, opened.limits
-            if not closed_meanwhile:
-                self._state = _State.OPEN
-                self._inbox.extend(self._inbound.accept(opened.messages))
-                self._closed_in_hello = opened if opened.closed is not None else None
-        if closed_meanwhile:  # close() ran while the GET was in flight: forget the new session
+            still_wanted = self._core.opened(opened)
+        if not still_wanted:  # close() ran while the GET was in flight: forget the new session
             self._best_effort(RequestKind.DELETE, attempts=1)
-            raise SessionClosed(self._close_code or 1000, self._close_reason or "")
+            raise self._core.closed_error(1000)
         tag = f"{id(self):x}"
         self._threads = [
             threading.Thread(target=self._poll_loop, name=f"pollsession-poller-{tag}", daemon=True),
@@ -253,15 +203,10 @@ class Client:
         :meth:`flush` to wait until the server has everything.
         """
         with self._lock:
-            limits = self._require_open()
-        encoded = encode_message(data, max_message_size=limits.max_message_size)
+            limits = self._core.require_open()
+        encoded = self._core.encode(data, limits)  # outside the lock: a big value takes a while
         with self._lock:
-            self._require_open()
-            body_size = body_size_of(encoded, self._outbox.last_seq + 1)
-            if body_size > limits.max_body_size:
-                # Escaping (for example of control characters) made it too big for one request.
-                raise MessageTooLarge(body_size, limits.max_body_size, "max_body_size")
-            self._outbox.push(encoded)
+            self._core.queue(encoded)
             self._work.notify()
 
     def receive(self, timeout: float | None = None) -> Any:
@@ -276,12 +221,9 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._news:
             while True:
-                if self._inbox:
-                    return self._inbox.popleft()
-                if self._state is _State.CLOSED:
-                    raise SessionClosed(self._close_code or ABNORMAL_CLOSURE, self._close_reason or "")
-                if self._state is _State.NEW:
-                    raise RuntimeError("the client is not open: call open() first")
+                ready, message = self._core.next_message()
+                if ready:
+                    return message
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(f"no message within {timeout} seconds")
@@ -297,12 +239,11 @@ class Client:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._news:
-            while len(self._outbox):
-                if self._state is not _State.OPEN:
-                    raise SessionClosed(self._close_code or ABNORMAL_CLOSURE, self._close_reason or "")
+            while not self._core.flushed():
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    raise TimeoutError(f"{len(self._outbox)} messages still unacknowledged after {timeout} seconds")
+                    raise TimeoutError(
+                        f"{self._core.unacknowledged} messages still unacknowledged after {timeout} seconds")
                 self._news.wait(remaining)
 
     def close(self, code: int = 1000, reason: str = "", *, timeout: float | None = 5.0) -> None:
@@ -322,10 +263,10 @@ class Client:
 
     def _close(self, code: int, reason: str, timeout: float | None) -> None:
         with self._lock:
-            never_opened = self._state is _State.NEW
+            never_opened = self._core.close_unopened(code, reason)
             if never_opened:
-                self._set_close(code, reason, _State.CLOSED)
-            was_open = self._state is _State.OPEN
+                self._wake_all()
+            was_open = self._core.phase is Phase.OPEN
         if never_opened:
             self._stop.set()  # an open() in progress gives up
             if self._own_http:
@@ -337,9 +278,9 @@ class Client:
             except (TimeoutError, SessionClosed):
                 pass
         with self._lock:
-            delete = self._state is _State.OPEN
+            delete = self._core.decide_close(code, reason)
             if delete:
-                self._set_close(code, reason, _State.CLOSING)
+                self._wake_all()
         self._stop.set()
         if delete:
             self._best_effort(RequestKind.DELETE, attempts=3)
@@ -354,7 +295,7 @@ class Client:
 
     def __enter__(self) -> Client:
         """Open the session if the constructor did not, and return the client."""
-        if self._state is _State.NEW:
+        if self._core.phase is Phase.NEW:
             self.open()
         return self
 
@@ -375,35 +316,19 @@ class Client:
                 return
 
     def __repr__(self) -> str:
-        return f"<pollsession.Client {self._url} {self._state.value}>"
+        return f"<pollsession.Client {self._url} {self._core.phase.value}>"
 
     # ------------------------------------------------------------ helpers
 
-    def _backoff(self, max_retries: int | None = None) -> Backoff:
-        return Backoff(base=self._retry_base_delay, max_delay=self._retry_max_delay,
-                       max_retries=self._max_retries if max_retries is None else max_retries,
-                       random=self._random.random)
-
-    def _require_open(self) -> Limits:
-        """Call with the lock held; return the server's limits."""
-        if self._state is _State.NEW:
-            raise RuntimeError("the client is not open: call open() first")
-        if self._state is not _State.OPEN or self._limits is None:
-            raise SessionClosed(self._close_code or ABNORMAL_CLOSURE, self._close_reason or "")
-        return self._limits
-
-    def _set_close(self, code: int, reason: str, state: _State) -> None:
-        """Call with the lock held: record the close and wake everyone who waits."""
-        self._close_code, self._close_reason, self._state = code, reason, state
+    def _wake_all(self) -> None:
+        """Call with the lock held: something every waiter must hear of changed (the phase)."""
         self._news.notify_all()
         self._work.notify_all()
 
     def _mark_closed(self) -> None:
         with self._lock:
-            if self._state is not _State.CLOSED:
-                self._state = _State.CLOSED
-                self._news.notify_all()
-                self._work.notify_all()
+            if self._core.mark_closed():
+                self._wake_all()
         self._stop.set()
 
     def _end(self, code: int, reason: str, *, delete: bool) -> None:
@@ -413,11 +338,10 @@ class Client:
         not after a 410, when it has forgotten the session already.
         """
         with self._lock:
-            if self._state is not _State.OPEN:
+            if not self._core.decide_close(code, reason):
                 return
-            self._set_close(code, reason, _State.CLOSING)
-        quiet = not delete and code != ABNORMAL_CLOSURE  # a 410 telling the close: nothing went wrong
-        _log.log(logging.INFO if quiet else logging.WARNING, "pollsession session ended with %d: %s", code, reason)
+            self._wake_all()
+        _log.log(end_log_level(code, delete=delete), "pollsession session ended with %d: %s", code, reason)
         self._stop.set()
         if delete:
             self._best_effort(RequestKind.DELETE, attempts=1)
@@ -427,8 +351,9 @@ class Client:
                  body: bytes | None = None, sent: int = 0) -> tuple[Outcome, requests.Response | None]:
         """One request, decided by ``classify_answer``; a network failure is a retry without ``after``."""
         headers = dict(self._headers)
-        if self._sid is not None:
-            headers["Pollsession-Id"] = self._sid
+        sid = self._core.sid
+        if sid is not None:
+            headers["Pollsession-Id"] = sid
         if body is not None:
             headers["Content-Type"] = "application/json"
         try:
@@ -446,55 +371,43 @@ class Client:
     # ------------------------------------------------------------ opening
 
     def _open_request(self) -> Outcome:
-        backoff = self._backoff()
+        backoff = self._core.backoff()
         while True:
             outcome, response = self._attempt(RequestKind.OPEN, read_timeout=self._request_timeout)
             if outcome.kind is OutcomeKind.OK:
                 return outcome
-            if outcome.kind is OutcomeKind.CLOSE:
-                if outcome.code == PROTOCOL_ERROR or response is None:
-                    raise ProtocolError(outcome.reason)
-                raise self._error_of(response)
-            delay = backoff.retry(outcome.after)
-            if delay is None:  # the last failure, as the caller knows it
+            delay = None if outcome.kind is OutcomeKind.CLOSE else backoff.retry(outcome.after)
+            if delay is None:  # refused, or the last failure, as the caller knows it
                 if response is None:
-                    raise requests.ConnectionError(outcome.reason)
-                raise self._error_of(response) if response.status_code >= 400 else ProtocolError(outcome.reason)
+                    error = open_error(outcome, None, None, None, "")
+                else:
+                    error = open_error(outcome, response.status_code, response.content,
+                                       response.headers.get("Retry-After"), response.reason or "")
+                raise error if error is not None else requests.ConnectionError(outcome.reason)
             if self._stop.wait(delay):
-                raise SessionClosed(self._close_code or 1000, self._close_reason or "")
-
-    @staticmethod
-    def _error_of(response: requests.Response) -> HttpError:
-        headers, reason = response.headers, response.reason or ""
-        return http_error(response.status_code, response.content, headers.get("Retry-After"), reason)
+                raise self._core.closed_error(1000)
 
     # ------------------------------------------------------------ the poller
 
     def _poll_loop(self) -> None:
-        if self._closed_in_hello is not None:
-            self._on_remote_close(self._closed_in_hello)
+        hello = self._core.closed_in_hello
+        if hello is not None:
+            self._on_remote_close(hello)
             return
-        assert self._limits is not None
-        poll_timeout = self._limits.poll_timeout
-        hold = poll_timeout if self._poll_wait is None else min(self._poll_wait, poll_timeout)
-        wait = format_seconds(hold)
-        read_timeout = hold + max(self._request_timeout, POLL_MARGIN)
-        backoff = self._backoff()
+        read_timeout = self._core.poll_read_timeout()
+        backoff = self._core.backoff()
         while True:
             with self._lock:
-                if self._state is not _State.OPEN:
-                    return
-                ack = self._inbound.ack
-            params = {"ack": str(ack)} if self._poll_wait is None else {"ack": str(ack), "wait": wait}
+                params = self._core.poll_params()
+            if params is None:
+                return
             outcome = self._exchange(backoff, RequestKind.POLL, params=params, read_timeout=read_timeout)
             if outcome is None:
                 return
             with self._lock:
-                if self._state is not _State.OPEN:
+                if self._core.phase is not Phase.OPEN:
                     return
-                fresh = self._inbound.accept(outcome.messages)
-                if fresh:
-                    self._inbox.extend(fresh)
+                if self._core.deliver(outcome):
                     self._news.notify_all()
             if outcome.closed is not None:
                 self._on_remote_close(outcome)
@@ -504,31 +417,28 @@ class Client:
         """The server closed: stop sending, let it forget the session, then mark closed."""
         assert outcome.closed is not None
         with self._lock:
-            if self._state is not _State.OPEN:
+            if not self._core.decide_close(outcome.closed.code, outcome.closed.reason):
                 return
-            self._set_close(outcome.closed.code, outcome.closed.reason, _State.CLOSING)
-            ack = self._inbound.ack
+            self._wake_all()
+            params = self._core.final_poll_params()
         # Every message up to ack is in the inbox: a poll with that ack lets the server forget
         # the session now rather than at expiry (docs/protocol.md section 8). A 410 means an
         # earlier final poll got through.
-        self._best_effort(RequestKind.POLL, params={"ack": str(ack), "wait": "0"}, attempts=3)
+        self._best_effort(RequestKind.POLL, params=params, attempts=3)
         self._mark_closed()
 
     # ------------------------------------------------------------ the sender
 
     def _send_loop(self) -> None:
-        assert self._limits is not None
-        limits = self._limits
-        backoff = self._backoff()
-        throttle = self._backoff(max_retries=sys.maxsize)  # 429s: the server is alive, never give up
+        backoff = self._core.backoff()
+        throttle = self._core.backoff(unlimited=True)  # 429s: the server is alive, never give up
         while True:
             with self._work:
-                while self._state is _State.OPEN and not len(self._outbox):
+                while not self._core.has_work():
                     self._work.wait()
-                if self._state is not _State.OPEN:
-                    return
-                batch = self._outbox.batch(max_body_size=limits.max_body_size, max_count=limits.inbox_limit)
-            assert batch is not None
+                batch = self._core.next_batch()
+            if batch is None:
+                return
             # A lost answer leaves us unsure whether the server took the batch: sending it again is
             # safe, the server drops the seqs it holds. So _exchange retries the same body.
             body, sent = batch
@@ -538,7 +448,7 @@ class Client:
                 return
             assert outcome.ack is not None
             with self._lock:
-                if self._outbox.acknowledge(outcome.ack):
+                if self._core.acknowledge(outcome.ack):
                     self._news.notify_all()
             if outcome.kind is OutcomeKind.OK:
                 throttle.reset()
@@ -552,27 +462,22 @@ class Client:
 
     def _exchange(self, backoff: Backoff, kind: RequestKind, *, read_timeout: float,
                   params: Mapping[str, str] | None = None, body: bytes | None = None, sent: int = 0) -> Outcome | None:
-        """One request of a background loop, retried while ``classify_answer`` says retry.
+        """One request of a background loop, retried while :func:`exchange_step` says retry.
 
         Returns an ok outcome (or, for a push, a throttled one), or None when
         the loop must end (closing, retries spent, or the session ended here).
         """
         while True:
             outcome, response = self._attempt(kind, params=params, body=body, sent=sent, read_timeout=read_timeout)
-            if outcome.kind is OutcomeKind.OK or (outcome.kind is OutcomeKind.THROTTLED and kind is RequestKind.PUSH):
+            decision = exchange_step(kind, outcome, None if response is None else response.status_code)
+            if decision.step is Step.USE:
                 backoff.reset()
                 return outcome
-            if outcome.kind is OutcomeKind.CLOSE:
+            if decision.step is Step.END:
                 assert outcome.code is not None
-                gone = response is not None and response.status_code == 410
-                if not (gone and kind is RequestKind.PUSH and outcome.code != ABNORMAL_CLOSURE):
-                    self._end(outcome.code, outcome.reason, delete=not gone)
-                # A push's 410 with the close says the server closed the session: the poller still
-                # fetches what the session sent before it (and meets the same close). Without a
-                # close the server no longer knows the session: it ends here, as in the browser.
+                self._end(outcome.code, outcome.reason, delete=decision.delete)
                 return None
-            # A retry, or a 429 to something other than a push (a rate-limiting proxy): wait and again.
-            if self._stop.is_set():
+            if decision.step is Step.STOP or self._stop.is_set():
                 return None
             delay = backoff.retry(outcome.after)
             if delay is None:
@@ -586,7 +491,7 @@ class Client:
 
     def _best_effort(self, kind: RequestKind, *, attempts: int, params: Mapping[str, str] | None = None) -> None:
         """Send a closing request (``DELETE``, final poll) until it is not to be retried, at most ``attempts`` times."""
-        backoff = self._backoff()
+        backoff = self._core.backoff()
         for attempt in range(attempts):
             outcome, _ = self._attempt(kind, params=params, read_timeout=self._request_timeout)
             if outcome.kind is not OutcomeKind.RETRY:
