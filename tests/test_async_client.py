@@ -14,6 +14,7 @@ import asyncio
 import email.utils
 import json
 import queue
+import random
 import socket
 import subprocess
 import sys
@@ -27,6 +28,8 @@ import pytest
 
 from pollsession import MessageTooLarge, ProtocolError, Session, SessionClosed, Unauthorized
 from pollsession.client import AsyncClient
+from pollsession.client.answers import Outcome, OutcomeKind, RequestKind
+from pollsession.client.core import ClientCore, ExchangeStep, Phase, Step, exchange_step, open_error
 from pollsession.protocol.wire import POLL_MARGIN
 from tests import test_vectors_client as vectors
 from tests.fault_proxy import FaultPlan, FaultProxy
@@ -704,3 +707,44 @@ def test_there_are_vectors_about_the_clients_defaults() -> None:
 def test_vector_with_the_async_clients_defaults(case: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(vectors, "Client", AsyncClient)
     vectors.RUNNERS[case["kind"]](case)
+
+
+# -- the shared decisions (pollsession.client.core), as plain calls -------------------
+
+
+def test_exchange_step_decides_as_both_clients_must() -> None:
+    ok, retry = Outcome(OutcomeKind.OK), Outcome(OutcomeKind.RETRY)
+    throttled = Outcome(OutcomeKind.THROTTLED, ack=1)
+    told = Outcome(OutcomeKind.CLOSE, code=4001, reason="bye")
+    forgotten = Outcome(OutcomeKind.CLOSE, code=1006)
+    assert exchange_step(RequestKind.POLL, ok, 200) == ExchangeStep(Step.USE)
+    assert exchange_step(RequestKind.PUSH, throttled, 429) == ExchangeStep(Step.USE)
+    assert exchange_step(RequestKind.POLL, throttled, 429) == ExchangeStep(Step.RETRY)  # a rate-limiting proxy
+    assert exchange_step(RequestKind.POLL, retry, None) == ExchangeStep(Step.RETRY)
+    # A push's 410 with the close leaves it to the poller; without one the session ends, with no DELETE.
+    assert exchange_step(RequestKind.PUSH, told, 410) == ExchangeStep(Step.STOP)
+    assert exchange_step(RequestKind.PUSH, forgotten, 410) == ExchangeStep(Step.END, delete=False)
+    assert exchange_step(RequestKind.POLL, told, 410) == ExchangeStep(Step.END, delete=False)
+    assert exchange_step(RequestKind.PUSH, Outcome(OutcomeKind.CLOSE, code=1009), 413) == \
+        ExchangeStep(Step.END, delete=True)
+
+
+def test_open_error_names_what_open_raises() -> None:
+    refused = open_error(Outcome(OutcomeKind.CLOSE, code=1006), 401, b'{"error":"x","message":"no"}', None, "")
+    assert isinstance(refused, Unauthorized) and refused.message == "no"
+    assert isinstance(open_error(Outcome(OutcomeKind.CLOSE, code=1002, reason="v2"), 200, b"{}", None, ""),
+                      ProtocolError)
+    assert open_error(Outcome(OutcomeKind.RETRY, reason="reset"), None, None, None, "") is None  # the network's
+    assert isinstance(open_error(Outcome(OutcomeKind.RETRY, reason="bad"), 200, b"{", None, ""), ProtocolError)
+
+
+def test_the_core_keeps_one_close_and_refuses_what_it_must() -> None:
+    core = ClientCore(poll_wait=None, request_timeout=1.0, max_retries=1, retry_base_delay=0.1,
+                      retry_max_delay=1.0, random=random.random)
+    with pytest.raises(RuntimeError):
+        core.next_message()
+    assert not core.decide_close(4000, "not open yet")
+    assert core.close_unopened(4000, "never opened") and core.phase is Phase.CLOSED
+    assert not core.close_unopened(1000, "") and (core.close_code, core.close_reason) == (4000, "never opened")
+    with pytest.raises(SessionClosed):
+        core.next_message()
