@@ -21,22 +21,32 @@ machine is noisy; only ratios within one run are compared):
 1. echo latency through nginx, each deployment, as a ratio to ``in-process``;
 2. forwarded vs local: on redis-2, sessions talked to directly (no nginx) at
    their owner, or always at the other worker; both owners, pooled;
-3. echo throughput, one session and ``rate_sessions`` sessions through
-   nginx, and ``rate_sessions`` sessions talked to straight at their owner
-   (``owner``: what a second worker gives without forwarding), each echoing
-   sequentially for ``rate_seconds``: echoes/s, and each process's CPU use
-   over the window (what is saturated);
+3. echo throughput: one session through nginx (aiohttp), and the aggregate
+   load of ``load_sessions`` sessions (``bench_load``: lean generator
+   processes, enough sessions to saturate one worker) through nginx
+   (``load``) and straight at their owner (``load-owner``: what a second
+   worker gives without forwarding), each session echoing sequentially for
+   ``rate_seconds``: echoes/s, and each process's CPU use over the window
+   (cores, and CPU µs per echo: what is saturated, what an echo costs where);
 4. fan-out: ``fanout_n`` sessions per deployment, polls held through nginx,
-   one ``POST /bench/broadcast`` through nginx; until the last client has it.
+   one ``POST /bench/broadcast`` through nginx; until the last client has it,
+   and each process's CPU seconds over the round.
+
+``python multi.py --echo-load SESSIONS BASE...`` is one generator process of
+``bench_load`` (started by it, not by hand).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import signal
 import statistics
+import subprocess
+import sys
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,7 +54,7 @@ from typing import Any
 
 import psutil
 
-from clients import BenchClient, PollsessionClient
+from clients import BenchClient, PollsessionClient, ProtocolFailure
 from deploy import Deployment, Nginx, Redis, Stack, start_worker
 from loadgen import PAD, broadcast_round, new_http, open_clients, percentile, settle
 
@@ -61,9 +71,10 @@ class MultiConfig:
     echo_warmup: int = 50
     echo_n: int = 1000
     echo_block: int = 50
-    rate_sessions: int = 50
     rate_seconds: float = 2.0
     rate_rounds: int = 5
+    load_sessions: int = 120
+    load_processes: int = 3
     fanout_n: int = 1000
     fanout_rounds: int = 5
     open_concurrency: int = 100
@@ -72,7 +83,8 @@ class MultiConfig:
 
     @classmethod
     def quick(cls) -> MultiConfig:
-        return cls(echo_warmup=10, echo_n=200, echo_block=20, rate_sessions=50, rate_seconds=0.5, rate_rounds=3,
+        return cls(echo_warmup=10, echo_n=200, echo_block=20, rate_seconds=0.5, rate_rounds=3,
+                   load_sessions=60, load_processes=2,
                    fanout_n=100, fanout_rounds=2, settle_max=5.0, timeout=20.0)
 
 
@@ -194,24 +206,13 @@ class CpuMeter:
         return {name: round((after[name] - before[name]) / elapsed, 3) for name in before}
 
 
-async def open_for(mode: str, deployment: Deployment, http: Any, count: int, config: MultiConfig
-                   ) -> list[BenchClient]:
-    """Through nginx, or (``owner``) opened at each worker in turn and always talked to there (no forwarding)."""
-    if mode != "owner":
-        return await open_clients(PollsessionClient, http, deployment.base, count, config.open_concurrency)
-    workers = deployment.workers
-    shares = [count // len(workers) + (i < count % len(workers)) for i in range(len(workers))]
-    opened = [await open_clients(PollsessionClient, http, w.base, share, config.open_concurrency)
-              for w, share in zip(workers, shares)]
-    return [client for group in opened for client in group]
-
-
 async def bench_throughput(deployments: dict[str, Deployment], meter_of: Callable[[str], CpuMeter],
                            config: MultiConfig, progress: Progress) -> dict[str, Any]:
     results: dict[str, Any] = {}
     async with new_http() as http:
-        for mode, count in (("single", 1), ("multi", config.rate_sessions), ("owner", config.rate_sessions)):
-            clients = {key: await open_for(mode, d, http, count, config) for key, d in deployments.items()}
+        for mode, count in (("single", 1),):
+            clients = {key: await open_clients(PollsessionClient, http, d.base, count, config.open_concurrency)
+                       for key, d in deployments.items()}
             for key in deployments:
                 await echo_rate(clients[key], min(0.5, config.rate_seconds))  # warm-up
             rounds: dict[str, list[dict[str, Any]]] = {key: [] for key in deployments}
@@ -235,10 +236,177 @@ async def bench_throughput(deployments: dict[str, Deployment], meter_of: Callabl
     return results
 
 
+# -- 3b. aggregate echo load, from lean generator processes ----------------------------
+#
+# aiohttp costs about 0.4 ms of client CPU per request (README, "Why aiohttp"): one such process echoing
+# on 50 sessions saturates its core before a worker does. The aggregate-load figure is instead driven by
+# ``LOAD_PROCESSES`` processes of ``python multi.py --echo-load``: HTTP/1.1 written and read by hand over
+# asyncio streams, two keep-alive connections per session (its held poll, its pushes), no background task.
+
+
+def _request(method: str, target: str, sid: str, body: bytes = b"") -> bytes:
+    head = f"{method} {target} HTTP/1.1\r\nHost: bench\r\n"
+    if sid:
+        head += f"Pollsession-Id: {sid}\r\n"
+    if body:
+        head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    return head.encode() + b"\r\n" + body
+
+
+async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter | None, request: bytes
+                    ) -> tuple[int, bytes]:
+    """Send ``request`` (unless None: its answer is awaited only) and read one answer: (status, body)."""
+    if writer is not None:
+        writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    at = head.lower().find(b"\r\ncontent-length:")
+    if at < 0:
+        raise ProtocolFailure(f"an answer without Content-Length: {head[:200]!r}")
+    length = int(head[at + 17:head.index(b"\r\n", at + 2)])
+    return int(head[9:12]), await reader.readexactly(length)
+
+
+class LeanSession:
+    """One pollsession session echoing sequentially: a poll always outstanding, one text pushed at a time."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.sid = ""
+        self.last = 0  # the highest seq received (each echo is one message)
+        self.sent = 0
+
+    async def open(self) -> None:
+        self.poll = await asyncio.open_connection(self.host, self.port)
+        self.push = await asyncio.open_connection(self.host, self.port)
+        status, body = await _exchange(*self.poll, _request("GET", "/poll", ""))
+        if status != 200:
+            raise ProtocolFailure(f"open: HTTP {status} {body[:200]!r}")
+        self.sid = json.loads(body)["sid"]
+        self.poll[1].write(_request("GET", f"/poll?ack={self.last}", self.sid))
+
+    async def run(self, stop_at: float) -> int:
+        """Echo until ``stop_at`` (loop time); the number of echoes. The poll stays outstanding after."""
+        loop = asyncio.get_running_loop()
+        done = 0
+        while loop.time() < stop_at:
+            self.sent += 1
+            text = json.dumps({"messages": [{"seq": self.sent, "type": "text", "data": f"t{self.sent}:{PAD}"}]})
+            status, body = await _exchange(*self.push, _request("POST", "/poll", self.sid, text.encode()))
+            if status != 200:
+                raise ProtocolFailure(f"push: HTTP {status} {body[:200]!r}")
+            while self.last < self.sent:  # the echo comes back on the outstanding poll
+                status, body = await _exchange(self.poll[0], None, b"")
+                answer = json.loads(body)
+                if status != 200 or answer["closed"] is not None:
+                    raise ProtocolFailure(f"poll: HTTP {status} {body[:200]!r}")
+                if answer["messages"]:
+                    self.last = max(self.last, answer["messages"][-1]["seq"])
+                self.poll[1].write(_request("GET", f"/poll?ack={self.last}", self.sid))
+            done += 1
+        return done
+
+
+async def echo_load_process(bases: list[str], sessions: int) -> None:
+    """``--echo-load``: open ``sessions`` (session i at ``bases[i % len]``), print ``ready``; then for each
+    ``go SECONDS`` line on stdin echo on all of them for SECONDS and print ``{"echoes", "elapsed", "cpu"}``."""
+    loop = asyncio.get_running_loop()
+    addresses = [(u.hostname or "127.0.0.1", u.port or 80) for u in map(urllib.parse.urlsplit, bases)]
+    clients = [LeanSession(*addresses[i % len(addresses)]) for i in range(sessions)]
+    for start in range(0, sessions, 20):
+        await asyncio.gather(*(c.open() for c in clients[start:start + 20]))
+    print("ready", flush=True)
+    while True:
+        line = await loop.run_in_executor(None, sys.stdin.readline)
+        if not line.startswith("go "):
+            return
+        cpu = time.process_time()
+        started = loop.time()
+        done = await asyncio.gather(*(c.run(started + float(line[3:])) for c in clients))
+        print(json.dumps({"echoes": sum(done), "elapsed": loop.time() - started,
+                          "cpu": time.process_time() - cpu}), flush=True)
+
+
+class EchoLoad:
+    """``processes`` generator processes on ``core``, ``sessions`` sessions spread over them."""
+
+    def __init__(self, bases: list[str], sessions: int, processes: int, core: int) -> None:
+        self.procs: list[subprocess.Popen[str]] = []
+        for i in range(processes):
+            share = sessions // processes + (i < sessions % processes)
+            self.procs.append(subprocess.Popen(
+                ["taskset", "-c", str(core), sys.executable, str(Path(__file__).resolve()), "--echo-load",
+                 str(share), *bases], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+        for proc in self.procs:
+            assert proc.stdout is not None
+            if proc.stdout.readline().strip() != "ready":
+                self.stop()
+                raise RuntimeError("an echo-load process failed to open its sessions")
+        self.processes = [psutil.Process(p.pid) for p in self.procs]
+
+    async def round(self, seconds: float) -> dict[str, float]:
+        """Every process echoing for ``seconds`` at once: echoes/s (summed), and the processes' CPU seconds."""
+        for proc in self.procs:
+            assert proc.stdin is not None
+            proc.stdin.write(f"go {seconds}\n")
+            proc.stdin.flush()
+        loop = asyncio.get_running_loop()
+        answers = [json.loads(await loop.run_in_executor(None, p.stdout.readline))  # type: ignore[union-attr]
+                   for p in self.procs]
+        return {"echoes_per_s": sum(a["echoes"] / a["elapsed"] for a in answers),
+                "echoes": sum(a["echoes"] for a in answers), "cpu_s": sum(a["cpu"] for a in answers)}
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+async def bench_load(deployments: dict[str, Deployment], meter_of: Callable[[str, list[psutil.Process]], CpuMeter],
+                     config: MultiConfig, progress: Progress, *, client_core: int) -> dict[str, Any]:
+    """Aggregate echoes/s of ``load_sessions`` sessions, through nginx and (``load-owner``) straight to owners."""
+    results: dict[str, Any] = {}
+    for mode in ("load", "load-owner"):
+        loads: dict[str, EchoLoad] = {}
+        try:
+            for key, d in deployments.items():
+                bases = [w.base for w in d.workers] if mode == "load-owner" else [d.base]
+                loads[key] = EchoLoad(bases, config.load_sessions, config.load_processes, client_core)
+            for key in deployments:
+                await loads[key].round(min(0.5, config.rate_seconds))  # warm-up
+            rounds: dict[str, list[dict[str, Any]]] = {key: [] for key in deployments}
+            for _ in range(config.rate_rounds):
+                for key, d in deployments.items():
+                    await asyncio.sleep(0.3)  # the previous deployment's last answers
+                    meter = meter_of(key, loads[key].processes)
+                    before = meter.read()
+                    started = time.perf_counter()
+                    got = await loads[key].round(config.rate_seconds)
+                    elapsed = time.perf_counter() - started
+                    cpu = CpuMeter.use(before, meter.read(), elapsed)
+                    per_echo = {name: round(used * elapsed / got["echoes"] * 1e6) for name, used in cpu.items()}
+                    rounds[key].append({**got, "cpu": cpu, "cpu_us_per_echo": per_echo})
+        finally:
+            for load in loads.values():
+                load.stop()
+        for key in deployments:
+            rates = [r["echoes_per_s"] for r in rounds[key]]
+            best = min(range(len(rates)), key=lambda i: abs(rates[i] - statistics.median(rates)))
+            results.setdefault(mode, {})[key] = {
+                "sessions": config.load_sessions, "processes": config.load_processes,
+                "echoes_per_s": statistics.median(rates), "rounds": rates,
+                "cpu": rounds[key][best]["cpu"], "cpu_us_per_echo": rounds[key][best]["cpu_us_per_echo"]}
+            r = results[mode][key]
+            progress(f"throughput {mode:10s} ({config.load_sessions} sessions) {key:10s} {r['echoes_per_s']:7.0f} "
+                     f"echoes/s  rounds {[round(x) for x in rates]}  CPU (cores) {r['cpu']}")
+    return results
+
+
 # -- 4. fan-out -------------------------------------------------------------------------
 
 
-async def bench_fanout(deployments: dict[str, Deployment], config: MultiConfig, progress: Progress) -> dict[str, Any]:
+async def bench_fanout(deployments: dict[str, Deployment], meter_of: Callable[..., CpuMeter], config: MultiConfig,
+                       progress: Progress) -> dict[str, Any]:
     results: dict[str, Any] = {}
     async with new_http() as http:
         clients = {}
@@ -249,20 +417,26 @@ async def bench_fanout(deployments: dict[str, Deployment], config: MultiConfig, 
         for r in range(config.fanout_rounds):
             for key, d in deployments.items():
                 await settle(d, clients[key], max_wait=config.settle_max)  # type: ignore[arg-type]
-                rounds[key].append(await broadcast_round(d, http, clients[key], f"bc-{key}-{r}",  # type: ignore[arg-type]
-                                                         config.timeout))
+                meter = meter_of(key)
+                before = meter.read()
+                got = await broadcast_round(d, http, clients[key], f"bc-{key}-{r}",  # type: ignore[arg-type]
+                                            config.timeout)
+                after = meter.read()  # CPU seconds of each process over the round (until the last client had it)
+                rounds[key].append({**got, "cpu_s": {name: round(after[name] - before[name], 3) for name in before}})
         for key in deployments:
             times = [x["ms"] for x in rounds[key]]
             complete = [t for t in times if t is not None]
             results[key] = {"n": config.fanout_n, "median_ms": statistics.median(complete)
                             if len(complete) == len(times) else None, "rounds_ms": times,
                             "received": [x["received"] for x in rounds[key]],
+                            "cpu_s": rounds[key][min(range(len(times)), key=lambda i: abs((times[i] or 1e9) - (
+                                statistics.median(complete) if complete else 0)))]["cpu_s"],
                             "client_errors": sum(c.errors for c in clients[key])}
             await asyncio.gather(*(c.stop() for c in clients[key]))
             entry = results[key]
             shown = "INCOMPLETE" if entry["median_ms"] is None else f"{entry['median_ms']:7.1f} ms"
             progress(f"fan-out to {config.fanout_n} {key:10s} {shown}  rounds "
-                     f"{[None if t is None else round(t, 1) for t in times]}")
+                     f"{[None if t is None else round(t, 1) for t in times]}  CPU s (median round) {entry['cpu_s']}")
     return results
 
 
@@ -304,16 +478,25 @@ async def run_workers(config: MultiConfig, progress: Progress, logs: Path, *, se
         nginx_procs = nginx.processes()
         redis_proc = psutil.Process(redis.process.pid)  # type: ignore[union-attr]
 
-        def meter_of(key: str) -> CpuMeter:
+        def meter_of(key: str, generators: list[psutil.Process] | None = None) -> CpuMeter:
             named = {f"worker {w.system[-1]}": [w.proc] for w in deployments[key].workers}
-            return CpuMeter({**named, "nginx": nginx_procs, "redis": [redis_proc], "load generator": [me]})
+            return CpuMeter({**named, "nginx": nginx_procs, "redis": [redis_proc],
+                             "load generator": generators or [me]})
 
         results["echo"] = await bench_echo(deployments, config, progress)
         results["forward"] = await bench_forward(deployments["redis-2"], config, progress)
         results["throughput"] = await bench_throughput(deployments, meter_of, config, progress)
-        results["fanout"] = await bench_fanout(deployments, config, progress)
+        results["throughput"].update(await bench_load(deployments, meter_of, config, progress,
+                                                      client_core=client_core))
+        results["fanout"] = await bench_fanout(deployments, meter_of, config, progress)
         dead = [w.system for d in deployments.values() for w in d.workers if not w.alive()]
         if dead:
             raise RuntimeError(f"workers died: {', '.join(dead)} (see {logs}/server-workers-*.log)")
     results["duration_s"] = time.monotonic() - started
     return results
+
+
+if __name__ == "__main__":  # a generator process of bench_load: ``multi.py --echo-load SESSIONS BASE...``
+    if sys.argv[1:2] != ["--echo-load"]:
+        sys.exit("usage: multi.py --echo-load SESSIONS BASE... (started by bench_load)")
+    asyncio.run(echo_load_process(sys.argv[3:], int(sys.argv[2])))

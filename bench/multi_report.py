@@ -48,12 +48,13 @@ def worker_checks(section: dict[str, Any]) -> list[dict[str, Any]]:
     if forward:
         add("a forwarded echo adds <= 1 ms at p50 (direct to a non-owner vs to the owner; value in ms)",
             forward["added_p50_ms"], 1.0, f"{_ms(forward['forwarded']['p50_ms'])} vs {_ms(forward['local']['p50_ms'])}")
-    multi = (section.get("throughput") or {}).get("multi") or {}
-    if "redis-1" in multi and "redis-2" in multi:
-        one, two = multi["redis-1"]["echoes_per_s"], multi["redis-2"]["echoes_per_s"]
-        add(f"echo throughput, {multi['redis-2']['sessions']} sessions: 2 workers >= 1.6x 1 worker",
+    throughput = section.get("throughput") or {}
+    load = throughput.get("load") or throughput.get("multi") or {}  # "multi": runs before the lean generator
+    if "redis-1" in load and "redis-2" in load:
+        one, two = load["redis-1"]["echoes_per_s"], load["redis-2"]["echoes_per_s"]
+        add(f"aggregate echo throughput, {load['redis-2']['sessions']} sessions via nginx: 2 workers >= 1.6x 1 worker",
             _ratio(two, one), 1.6, f"{two:,.0f}/s vs {one:,.0f}/s", higher=True)
-    owner = (section.get("throughput") or {}).get("owner") or {}
+    owner = throughput.get("load-owner") or throughput.get("owner") or {}
     if "redis-1" in owner and "redis-2" in owner:
         one, two = owner["redis-1"]["echoes_per_s"], owner["redis-2"]["echoes_per_s"]
         add("the same, requests straight to their owner (no forwarding; not the deployment the target names)",
@@ -100,46 +101,56 @@ def worker_markdown(section: dict[str, Any]) -> list[str]:
             f"{k} p50 {_ms(v['p50_ms'])}" for k, v in forward["by_owner"].items()) + "."]
     throughput = section.get("throughput") or {}
     if throughput:
-        sessions = config["rate_sessions"]
-        modes = [("single", "1 session, via nginx"), ("multi", f"{sessions} sessions, via nginx"),
-                 ("owner", f"{sessions} sessions, straight to their owner")]
+        sessions = config.get("load_sessions", config.get("rate_sessions"))
+        modes = [("single", "1 session, via nginx"), ("load", f"{sessions} sessions, via nginx"),
+                 ("load-owner", f"{sessions} sessions, straight to their owner")]
         modes = [(mode, title) for mode, title in modes if mode in throughput]
         lines += ["", f"**Echo throughput** (each session echoing sequentially for {config['rate_seconds']:g} s, "
-                  f"{config['rate_rounds']} round(s), median; in brackets the ratio to 1 worker). \"Straight to "
-                  "their owner\": the sessions opened at each worker in turn, every request sent to that worker "
-                  "(what sticky sessions would give: no forwarding, no nginx).", "",
+                  f"{config['rate_rounds']} rounds, median; in brackets the ratio to 1 worker; the spread is the "
+                  f"rounds' min-max as ratios to that median). {sessions} sessions: driven by "
+                  f"{config.get('load_processes', 1)} lean generator processes (hand-written HTTP/1.1), on the "
+                  "shared core. \"Straight to their owner\": the sessions opened at each worker in turn, every "
+                  "request sent to that worker (what sticky sessions would give: no forwarding, no nginx).", "",
                   "| deployment | " + " | ".join(title for _, title in modes) + " |", "|---" * (len(modes) + 1) + "|"]
         for key in ("in-process", "redis-1", "redis-2"):
             cells = []
             for mode, _ in modes:
-                rate = throughput[mode].get(key, {}).get("echoes_per_s")
+                entry = throughput[mode].get(key, {})
+                rate = entry.get("echoes_per_s")
                 ratio = _ratio(rate, throughput[mode].get("redis-1", {}).get("echoes_per_s"))
-                cells.append("-" if rate is None else f"{rate:,.0f}/s{_x(ratio)}")
+                spread = (f" [{min(entry['rounds']) / rate:.2f}-{max(entry['rounds']) / rate:.2f}]"
+                          if rate and len(entry.get("rounds", [])) > 1 else "")
+                cells.append("-" if rate is None else f"{rate:,.0f}/s{_x(ratio)}{spread}")
             lines.append(f"| {LABELS[key]} | " + " | ".join(cells) + " |")
-        lines += ["", f"CPU in the median round, {sessions} sessions (cores: 1.00 is one core saturated):", "",
+        lines += ["", f"CPU in the median round, {sessions} sessions: cores used (1.00 is one core saturated) "
+                  "and, after the slash, CPU µs per echo:", "",
                   "| deployment | requests | " + " | ".join(_CPU) + " |", "|---|---" + "|---" * len(_CPU) + "|"]
         for key in ("in-process", "redis-1", "redis-2"):
             for mode, title in modes[1:]:
-                cpu = throughput[mode].get(key, {}).get("cpu")
+                entry = throughput[mode].get(key, {})
+                cpu, per = entry.get("cpu"), entry.get("cpu_us_per_echo", {})
                 if cpu is not None:
-                    lines.append(f"| {LABELS[key]} | {title.split(', ', 1)[1]} | "
-                                 + " | ".join("-" if cpu.get(name) is None else f"{cpu[name]:.2f}" for name in _CPU)
-                                 + " |")
+                    lines.append(f"| {LABELS[key]} | {title.split(', ', 1)[1]} | " + " | ".join(
+                        "-" if cpu.get(name) is None else f"{cpu[name]:.2f} / {per.get(name, 0):.0f}"
+                        for name in _CPU) + " |")
     fanout = section.get("fanout") or {}
     if fanout:
         base_ms = fanout.get("in-process", {}).get("median_ms")
         n = next(iter(fanout.values()))["n"]
         lines += ["", f"**Fan-out** ({n} sessions per deployment, polls held through nginx; one broadcast "
                   f"through nginx; until the last client has it; {config['fanout_rounds']} rounds, median):", "",
-                  "| deployment | fan-out | ratio to one process | rounds (ms) | received | client errors |",
-                  "|---|---|---|---|---|---|"]
+                  "| deployment | fan-out | ratio to one process | rounds (ms) | received | client errors | CPU s in the "
+                  "median round (" + ", ".join(_CPU) + ") |",
+                  "|---|---|---|---|---|---|---|"]
         for key in ("in-process", "redis-1", "redis-2"):
             if key in fanout:
                 f = fanout[key]
                 ratio = _ratio(f["median_ms"], base_ms)
                 rounds = ", ".join("-" if t is None else f"{t:.0f}" for t in f["rounds_ms"])
                 lines.append(f"| {LABELS[key]} | {_ms(f['median_ms'])} | {'-' if ratio is None else f'{ratio:.2f}x'} "
-                             f"| {rounds} | {min(f['received'])}/{f['n']} | {f['client_errors']} |")
+                             f"| {rounds} | {min(f['received'])}/{f['n']} | {f['client_errors']} | "
+                             + ", ".join("-" if (f.get("cpu_s") or {}).get(name) is None else f"{f['cpu_s'][name]:.2f}"
+                                         for name in _CPU) + " |")
     lines += ["", "#### Targets (many workers)", "", "| check | value | absolute | result |", "|---|---|---|---|"]
     for row in worker_checks(section):
         value = "-" if row["value"] is None else f"{row['value']:.2f}"

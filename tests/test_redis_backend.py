@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from pollsession import HttpHandler, Session, SessionClosed
-from pollsession.backends.frames import Answer, Cancel, Forwarded, decode, encode_answer, encode_cancel, encode_operation
+from pollsession.backends.frames import (Answer, Batch, Cancel, Forwarded, FrameError, decode, encode_answer,
+                                         encode_batch, encode_cancel, encode_operation)
 from pollsession.backends.redis import OWNER_STOPPED, RedisBackend
 from pollsession.protocol.http import HttpResponse
 from pollsession.protocol.messages import Packed
@@ -55,6 +56,16 @@ def test_frames_round_trip() -> None:
     answer = decode(encode_answer("r2", response))
     assert isinstance(answer, Answer) and answer.response == response
     assert decode(encode_cancel("r3")) == Cancel("r3")
+
+
+def test_a_batch_carries_its_frames_in_order() -> None:
+    frames = [encode_answer("a", HttpResponse(200, [], b"\0body\0")), encode_cancel("b"),
+              encode_operation("c", "reply", "/poll", Delete("sid"))]
+    batch = decode(encode_batch(frames))
+    assert isinstance(batch, Batch) and list(batch.frames) == frames
+    assert [decode(frame) for frame in batch.frames][1] == Cancel("b")
+    with pytest.raises(FrameError):
+        decode(encode_batch(frames)[:-1])  # a payload shorter than its sizes
 
 
 # -- two workers on one Redis ----------------------------------------------------------

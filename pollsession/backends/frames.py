@@ -7,6 +7,11 @@ messages or an answer's body, byte for byte)::
     {"k":"push",...,"batch":[[seq,"text",length],...]}\\0<raw of every message, concatenated>
     {"k":"answer","id":"...","status":200,"headers":[[name,value],...],"routine":false}\\0<body>
     {"k":"cancel","id":"..."}\\0
+    {"k":"batch","sizes":[n1,n2,...]}\\0<frame 1><frame 2>...
+
+A batch carries several frames for one worker in one Redis message: what a
+worker publishes to another within one turn of its loop (the answers to a
+broadcast's forwarded polls, above all) costs one PUBLISH and one read.
 
 An operation travels already checked and parsed by the worker that received
 it (``protocol.requests``): the owner applies it to the session exactly as if
@@ -26,8 +31,9 @@ from ..protocol.messages import Outgoing, Packed
 from ..protocol.requests import Delete, Poll, Push
 from ..protocol.wire import Closed, MessageType
 
-__all__ = ["Forwarded", "SendTo", "Cancel", "Answer", "Broadcast", "encode_operation", "encode_send",
-           "encode_cancel", "encode_answer", "encode_broadcast", "decode", "decode_closed", "FrameError"]
+__all__ = ["Forwarded", "SendTo", "Cancel", "Answer", "Broadcast", "Batch", "encode_operation", "encode_send",
+           "encode_cancel", "encode_answer", "encode_broadcast", "encode_batch", "decode", "decode_closed",
+           "FrameError"]
 
 
 class FrameError(ValueError):
@@ -79,6 +85,13 @@ class Broadcast:
     exclude: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Several frames for one worker, in the order they were published (each still to be decoded)."""
+
+    frames: tuple[bytes, ...]
+
+
 def _frame(header: dict[str, Any], payload: bytes = b"") -> bytes:
     return json.dumps(header, separators=(",", ":")).encode("utf-8") + b"\0" + payload
 
@@ -124,6 +137,11 @@ def encode_broadcast(message: Outgoing, room: str | None, exclude: str | None) -
                    "exclude": exclude}, message.fragment)
 
 
+def encode_batch(frames: list[bytes]) -> bytes:
+    """One frame carrying ``frames`` (each a frame of this module, not a batch), in order."""
+    return _frame({"k": "batch", "sizes": [len(frame) for frame in frames]}, b"".join(frames))
+
+
 def decode_closed(body: bytes) -> Closed:
     """The ``closed`` of an error body the owner answered (a 410): its close, else 1006."""
     try:
@@ -139,7 +157,7 @@ def _error(fields: Any) -> HttpError | None:
     return error_for_status(int(fields["status"]), str(fields["message"]), str(fields["code"]))
 
 
-def decode(frame: bytes) -> Forwarded | SendTo | Cancel | Answer | Broadcast:
+def decode(frame: bytes) -> Forwarded | SendTo | Cancel | Answer | Broadcast | Batch:
     """The frame's value; :class:`FrameError` for anything else."""
     head, sep, payload = frame.partition(b"\0")
     try:
@@ -153,6 +171,14 @@ def decode(frame: bytes) -> Forwarded | SendTo | Cancel | Answer | Broadcast:
                                                      routine=bool(header["routine"])))
         if kind == "cancel":
             return Cancel(header["id"])
+        if kind == "batch":
+            frames, offset = [], 0
+            for size in header["sizes"]:
+                frames.append(payload[offset:offset + int(size)])
+                offset += int(size)
+            if offset != len(payload):
+                raise ValueError("the payload does not match the batch")
+            return Batch(tuple(frames))
         if kind == "send":
             return SendTo(header["id"], header["reply"], header["sid"],
                           Outgoing(MessageType(header["type"]), payload, int(header["size"])))

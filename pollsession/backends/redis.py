@@ -79,6 +79,7 @@ from ..server.backend import Backend, Forwardable, LocalSide
 from ..server.handler import error_response, poll_again_response
 from .frames import (
     Answer,
+    Batch,
     Broadcast,
     Cancel,
     FrameError,
@@ -87,6 +88,7 @@ from .frames import (
     decode,
     decode_closed,
     encode_answer,
+    encode_batch,
     encode_broadcast,
     encode_cancel,
     encode_operation,
@@ -197,8 +199,12 @@ class RedisBackend(Backend):
         self._polls: dict[str, str] = {}  # forwarded polls waiting here: request id -> owner
         self._draining = False
         self._serving: dict[str, asyncio.Task[None]] = {}
-        self._told: set[asyncio.Task[None]] = set()
+        self._told: set[asyncio.Future[int]] = set()
+        self._outgoing: list[tuple[str, bytes, asyncio.Future[int]]] = []  # frames for _flush to publish
+        self._flushing: asyncio.Task[None] | None = None
         self._liveness: dict[str, tuple[float, asyncio.Future[bool]]] = {}
+        self._watches: dict[str, list[Any]] = {}  # owner -> [its "gone" future, how many requests wait for it]
+        self._watchers: set[asyncio.Task[None]] = set()
         self._state_lock: asyncio.Lock | None = None
         self._redis_run = ""  # Redis's run_id when this worker subscribed: a restart changes it
         self._subscribed_at = 0.0
@@ -280,11 +286,13 @@ class RedisBackend(Backend):
         """Stop listening and announcing; the worker's keys expire by themselves (its clients then learn 1012)."""
         if self._serving:  # answers to forwarded requests, being published
             await asyncio.wait(set(self._serving.values()), timeout=1.0)
-        for task in (self._listener, self._heartbeat, self._counter, *self._serving.values()):
+        for task in (self._listener, self._heartbeat, self._counter, *self._serving.values(), *self._watchers):
             if task is not None:
                 task.cancel()
         if self._told:
             await asyncio.wait(set(self._told), timeout=1.0)
+        if self._flushing is not None:  # what is left unpublished now fails (its senders are gone)
+            self._flushing.cancel()
         if self._redis is not None and self._state_lock is not None:
             try:  # this worker's sessions no longer count, and it is not resubscribing: it stopped
                 async with self._state_lock:
@@ -435,7 +443,7 @@ class RedisBackend(Backend):
             self._polls[request_id] = owner  # answered at once if this worker stops (drain)
         try:
             try:
-                receivers = await self._client.publish(self._channel(owner), frame_for(request_id))
+                receivers = await self._publish(self._channel(owner), frame_for(request_id))
             except (RedisError, OSError) as exc:
                 raise self._unreachable(exc) from None
             if not receivers:
@@ -461,19 +469,65 @@ class RedisBackend(Backend):
 
     async def _wait_for(self, answer: asyncio.Future[HttpResponse], owner: str, operation: Forwardable | None,
                         budget: float) -> HttpResponse:
+        """The answer; or, when ``owner``'s watch finds it gone (not subscribed, silent for 3 beats), what
+        ``_owner_gone`` says; or 503 after ``budget``. Held polls wait here: one timer each, not one a beat."""
         deadline = time.monotonic() + budget
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return error_response(ServiceUnavailable(
-                    "the worker that owns the session did not answer in time", retry_after=self._retry_after,
-                    code="owner_timeout"))
-            try:
-                return await asyncio.wait_for(asyncio.shield(answer), min(left, self._liveness_interval))
-            except asyncio.TimeoutError:
-                pass
-            if not await self._owner_alive(owner) and not answer.done():  # not subscribed, silent for 3 beats
+        watch = self._watch(owner)
+        gone: asyncio.Future[None] | None = watch[0]
+        try:
+            while not answer.done():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return error_response(ServiceUnavailable(
+                        "the worker that owns the session did not answer in time", retry_after=self._retry_after,
+                        code="owner_timeout"))
+                await asyncio.wait((answer,) if gone is None else (answer, gone), timeout=left,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                if answer.done() or gone is None or not gone.done():
+                    continue
+                if gone.cancelled():  # the watch was stopped (close): wait for the answer alone
+                    gone = None
+                    continue
+                gone.result()  # the watch could not reach Redis: ServiceUnavailable, as a failed check
                 return await self._owner_gone(owner, operation)
+            return answer.result()
+        finally:
+            watch[1] -= 1
+
+    def _watch(self, owner: str) -> list[Any]:
+        """``owner``'s watch, ``[gone, waiting]``, counting one more request waiting for it: ``gone`` is set
+        when the watch finds the owner gone. One watch per owner, however many requests wait for it, checking
+        every ``liveness_interval`` while any does."""
+        watch = self._watches.get(owner)
+        if watch is None:
+            gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            watch = self._watches[owner] = [gone, 0]
+            task = asyncio.get_running_loop().create_task(self._watch_owner(owner, watch))
+            self._watchers.add(task)
+            task.add_done_callback(self._watchers.discard)
+        watch[1] += 1
+        return watch
+
+    async def _watch_owner(self, owner: str, watch: list[Any]) -> None:
+        gone: asyncio.Future[None] = watch[0]
+        try:
+            while True:
+                await asyncio.sleep(self._liveness_interval)
+                if watch[1] <= 0:  # nobody waits for this owner any more
+                    return
+                try:
+                    alive = await self._owner_alive(owner)
+                except ServiceUnavailable as error:
+                    gone.set_exception(error)
+                    gone.exception()  # retrieved: the waiters get it through their own result()
+                    return
+                if not alive:
+                    gone.set_result(None)
+                    return
+        finally:
+            if self._watches.get(owner) is watch:
+                del self._watches[owner]  # the next request for this owner starts a new watch
+            gone.cancel()  # no-op when set; else its waiters wait for their answers alone
 
     async def _owner_alive(self, owner: str) -> bool:
         """Whether ``owner`` is subscribed or announced itself lately; asked of Redis at most once per
@@ -521,15 +575,64 @@ class RedisBackend(Backend):
                                              closed=OWNER_GONE))
 
     def _tell(self, worker: str, frame: bytes) -> None:
-        async def publish() -> None:
-            try:
-                await self._client.publish(self._channel(worker), frame)
-            except (RedisError, OSError, ServiceUnavailable):
-                pass  # best effort: the owner's poll then ends at its hold
+        """Publish ``frame`` to ``worker``, best effort (lost, the owner's poll ends at its hold)."""
+        told = self._publish(self._channel(worker), frame)
+        self._told.add(told)  # close() gives these a moment to go out
+        told.add_done_callback(self._told_done)
 
-        task = asyncio.get_running_loop().create_task(publish())
-        self._told.add(task)  # kept until done, so that it is not collected half way
-        task.add_done_callback(self._told.discard)
+    def _told_done(self, told: asyncio.Future[int]) -> None:
+        self._told.discard(told)
+        if not told.cancelled():
+            told.exception()  # retrieved: a lost cancel is no error
+
+    def _publish(self, channel: str, frame: bytes) -> asyncio.Future[int]:
+        """Queue ``frame`` for ``channel``; the future is the number of workers that got it.
+
+        What is queued while a publication is on its way goes out together next, in the order it was
+        queued, one PUBLISH per channel (a ``Batch`` frame when a channel has several) in one round trip:
+        under load, and for the answers to a broadcast's forwarded polls, many frames cost one command.
+        """
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._outgoing.append((channel, frame, future))
+        if self._flushing is None:
+            self._flushing = asyncio.get_running_loop().create_task(self._flush())
+        return future
+
+    async def _flush(self) -> None:
+        """Publish what ``_publish`` queued, one round trip at a time (so frames to a worker stay in order)."""
+        batch: list[tuple[str, bytes, asyncio.Future[int]]] = []
+        try:
+            while self._outgoing:
+                batch, self._outgoing = self._outgoing, []
+                by_channel: dict[str, list[tuple[bytes, asyncio.Future[int]]]] = {}
+                for channel, frame, future in batch:
+                    by_channel.setdefault(channel, []).append((frame, future))
+                try:
+                    if len(batch) == 1:
+                        receivers = [await self._client.publish(batch[0][0], batch[0][1])]
+                    else:
+                        async with self._client.pipeline(transaction=False) as pipe:
+                            for channel, items in by_channel.items():
+                                pipe.publish(channel, items[0][0] if len(items) == 1 else
+                                             encode_batch([frame for frame, _ in items]))
+                            receivers = await pipe.execute()
+                except (RedisError, OSError, ServiceUnavailable) as exc:
+                    for _, _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for items, count in zip(by_channel.values(), receivers):
+                    for _, future in items:
+                        if not future.done():
+                            future.set_result(int(count))
+                batch = []
+        finally:
+            self._flushing = None
+            unsent, self._outgoing = [*batch, *self._outgoing], []
+            for _, _, future in unsent:  # cancelled by close(): these never go out
+                if not future.done():
+                    future.set_exception(ServiceUnavailable("the handler is shut down", retry_after=self._retry_after,
+                                                            code="shutting_down"))
 
     # -- serving (the owner) ------------------------------------------------------
 
@@ -576,7 +679,10 @@ class RedisBackend(Backend):
         except FrameError as exc:
             self._warn(f"pollsession: ignoring a message on {self._channel(self.worker_id)}: {exc}")
             return
-        if isinstance(frame, Broadcast):
+        if isinstance(frame, Batch):
+            for each in frame.frames:
+                self._dispatch(each)
+        elif isinstance(frame, Broadcast):
             self._take_broadcast(frame)
         elif isinstance(frame, Answer):
             waiting = self._waiting.get(frame.id)
@@ -602,7 +708,7 @@ class RedisBackend(Backend):
             response = error_response(UnknownSession("the session is closed", code="session_closed",
                                                      closed=Closed(closed.code, closed.reason)))
         try:
-            await self._client.publish(request.reply, encode_answer(request.id, response))
+            await self._publish(request.reply, encode_answer(request.id, response))
         except (RedisError, OSError, ServiceUnavailable) as exc:
             self._warn(f"pollsession: could not send an answer through Redis ({exc})")
 
@@ -634,7 +740,7 @@ class RedisBackend(Backend):
         except HttpError as error:
             response = error_response(error)
         try:
-            await self._client.publish(forwarded.reply, encode_answer(forwarded.id, response))
+            await self._publish(forwarded.reply, encode_answer(forwarded.id, response))
         except (RedisError, OSError, ServiceUnavailable) as exc:
             self._warn(f"pollsession: could not send an answer through Redis ({exc}); the client will retry")
 
