@@ -9,7 +9,8 @@ An object's private names (``_x``) are its own: code may use ``self._x`` and
 ``super()._name`` is allowed too: it is the object's own method, as its base
 class defines it (the Tornado adapter's override of ``RequestHandler._log``
 calls it; that override is the adapter's one documented reliance on a
-Tornado private name).
+Tornado private name). ``os._exit`` is public, whatever its spelling: the
+standard library documents it (a forked worker of the demo ends with it).
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = sorted([*ROOT.joinpath("pollsession").rglob("*.py"), *ROOT.joinpath("adapters").rglob("*.py")])
+
+
+_DOCUMENTED_PUBLIC = {("os", "_exit")}
 
 
 def _private(name: str) -> bool:
@@ -37,14 +41,16 @@ def foreign_private_reads(source: str) -> list[tuple[int, str]]:
                 continue
             if isinstance(owner, ast.Call) and isinstance(owner.func, ast.Name) and owner.func.id == "super":
                 continue
+            if isinstance(owner, ast.Name) and (owner.id, node.attr) in _DOCUMENTED_PUBLIC:
+                continue
             found.append((node.lineno, ast.unparse(node)))
     return found
 
 
 def test_the_check_catches_what_it_should() -> None:
     sample = ("def f(session, self):\n    self._ok\n    session._outbox\n    x.__name__\n    type(session)._y\n"
-              "    super()._log()\n")
-    assert [text for _, text in foreign_private_reads(sample)] == ["session._outbox", "type(session)._y"]
+              "    super()._log()\n    os._exit(0)\n    sys._getframe()\n")
+    assert [text for _, text in foreign_private_reads(sample)] == ["session._outbox", "type(session)._y", "sys._getframe"]
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda path: str(path.relative_to(ROOT)))
