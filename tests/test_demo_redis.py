@@ -79,10 +79,20 @@ def test_members_on_two_workers_hear_each_other_and_share_nicknames(chat: Server
 
 
 def hold_a_poll(session: WireSession) -> Any:
+    """One long poll acknowledging everything received: its close, "again" (an empty answer: poll
+    again, with or without messages), or "dropped" (the connection closed unanswered: the poll reached a server already gone)."""
     session.held = True
-    response = requests.get(session.url, params={"ack": str(len(session.received)), "wait": "10"}, headers={"Pollsession-Id": session.sid},
-                            timeout=TIMEOUT)
-    return response.status_code, response.headers.get("Retry-After"), response.json()
+    try:
+        response = requests.get(session.url, params={"ack": str(len(session.received)), "wait": "10"},
+                                headers={"Pollsession-Id": session.sid}, timeout=TIMEOUT)
+    except requests.ConnectionError:
+        return "dropped"
+    answer = response.json()
+    assert response.status_code in (200, 410), answer
+    if answer["closed"] is None:  # empty, or the last words of a member that left as its worker stopped
+        assert response.status_code == 200, answer
+        return "again"
+    return answer["closed"]
 
 
 def test_ctrl_c_stops_every_worker_and_leaves_no_chat_keys(redis_server: Any, tmp_path: Any) -> None:
@@ -91,9 +101,11 @@ def test_ctrl_c_stops_every_worker_and_leaves_no_chat_keys(redis_server: Any, tm
     with running(args, tmp_path, port=port) as server:
         ann, bob, opened = sessions_on_both_workers(f"{server.url}/poll", "lobby")
         ann.send("ann")
+        ann.receive_until(lambda got: {"type": "join", "nick": "ann", "members": ["ann"]} in got, "ann's join")
         bob.send("bob")
-        bob.receive_until(lambda got: any(m.get("members") == ["ann", "bob"] for m in got), "both members")
-        ann.receive_until(lambda got: any(m.get("members") == ["ann", "bob"] for m in got), "both members")
+        joined = {"type": "join", "nick": "bob", "members": ["ann", "bob"]}
+        for session in (ann, bob):
+            session.receive_until(lambda got: joined in got, "bob's join")
         assert redis_server.keys("pollsession-demo:demo:worker:*")
         with concurrent.futures.ThreadPoolExecutor(len(opened)) as pool:
             held = [pool.submit(hold_a_poll, session) for session in opened]
@@ -102,9 +114,13 @@ def test_ctrl_c_stops_every_worker_and_leaves_no_chat_keys(redis_server: Any, tm
             server.process.send_signal(signal.SIGINT)
             answers = [future.result() for future in held]
         assert server.process.wait(TIMEOUT) == 0, server.errors()
-    # Both workers stop at once; each held poll, at its owner or forwarded to it, hears the close.
-    for status, _, answer in answers:
-        assert (status, answer["closed"]) == (200, {"code": 1001, "reason": "server shutting down"}), answers
+    # Both workers stop at once. A held poll hears the 1001 close in its answer (or in the 410 of an
+    # owner that had finished). One whose request reached a worker only as it stopped may instead be
+    # told to poll again, or be dropped: the next poll then finds no server (docs: the demo's workers).
+    closes = [answer for answer in answers if isinstance(answer, dict)]
+    assert closes, answers
+    assert all(close == {"code": 1001, "reason": "server shutting down"} for close in closes), answers
+    assert all(answer in ("again", "dropped") for answer in answers if not isinstance(answer, dict)), answers
     assert server.output().splitlines()[-1] == "pollsession demo: stopped"
     assert "Traceback" not in server.errors()
     # Rooms go with their last member, alive keys with their worker, ticks after two intervals.

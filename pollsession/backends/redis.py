@@ -56,6 +56,7 @@ own backend.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import re
@@ -104,6 +105,10 @@ OWNER_GONE = Closed(1012, "service restart")
 
 OWNER_STOPPED = Closed(1001, "server shutting down")
 """The close a client learns when the worker that owned its session shut down cleanly (as it told its clients)."""
+
+DRAIN_GRACE = 0.5
+"""Seconds a stopping worker waits for the answers of the polls it forwarded (an owner stopping too
+sends its close) before it answers the rest empty."""
 
 _STOPPED = b"stopped"  # the value of a worker's "known" key once it shut down cleanly
 
@@ -416,8 +421,10 @@ class RedisBackend(Backend):
     # -- forwarding (the worker that received the request) -------------------------
 
     async def forward(self, operation: Forwardable, path: str) -> HttpResponse:
-        if self._draining and isinstance(operation, Poll):
-            return poll_again_response()  # stopping: let the client poll again through another worker
+        if self._draining and isinstance(operation, Poll) and operation.wait != 0:
+            # Stopping: ask the owner without holding. One stopping too answers its close; one that
+            # stays answers what it has, and the client polls again through another worker.
+            operation = dataclasses.replace(operation, wait=0.0)
         if operation.sid is None or not _SESSION_ID.fullmatch(operation.sid):  # not one of ours: no Redis
             return HttpResponse(204) if isinstance(operation, Delete) else error_response(
                 UnknownSession("unknown, expired or closed session"))
@@ -458,9 +465,20 @@ class RedisBackend(Backend):
             self._polls.pop(request_id, None)
 
     async def drain(self) -> None:
-        """Stopping: answer every poll forwarded from here now (empty: the client polls again, through
-        another worker) and release it at its owner, rather than wait up to ``poll_timeout`` for it."""
+        """Stopping: answer every poll forwarded from here within ``DRAIN_GRACE`` seconds, rather than
+        wait up to ``poll_timeout`` for it.
+
+        An owner that is stopping too (the whole deployment is: gunicorn's
+        master, Ctrl-C on the demo) answers with its 1001 close at once, and
+        that answer is waited for; a poll whose owner stays gets an empty
+        answer (the client polls again, through another worker) and is
+        released at its owner.
+        """
         self._draining = True
+        pending = [answer for request_id in self._polls
+                   if (answer := self._waiting.get(request_id)) is not None and not answer.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=DRAIN_GRACE)
         for request_id, owner in list(self._polls.items()):
             answer = self._waiting.get(request_id)
             if answer is not None and not answer.done():
