@@ -44,12 +44,12 @@ from tests.test_client import (
     take,
     take_all,
 )
-from tests.utils import ADAPTERS, MS, serve, wait_until
+from tests.utils import ALL_ADAPTERS, MS, serve, wait_until
 
 CLIENT_TASKS = CLIENT_THREADS  # the tasks are named like the sync client's threads
 
 
-@pytest.fixture(params=ADAPTERS)
+@pytest.fixture(params=ALL_ADAPTERS)
 def adapter(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 

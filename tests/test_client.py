@@ -24,14 +24,14 @@ from pollsession import HttpHandler, MessageTooLarge, ProtocolError, Session, Se
 from pollsession.client import Client
 from pollsession.protocol.wire import POLL_MARGIN
 from tests.fault_proxy import FaultPlan, FaultProxy
-from tests.utils import ADAPTERS, MS, serve, wait_until
+from tests.utils import ALL_ADAPTERS, MS, serve, wait_until
 
 POLL = 2000 * MS  # the servers' poll_timeout
 CLIENT_THREADS = ("pollsession-poller-", "pollsession-sender-")
 FAST_RETRIES: dict[str, Any] = {"retry_base_delay": 10 * MS, "retry_max_delay": 200 * MS}
 
 
-@pytest.fixture(params=ADAPTERS)
+@pytest.fixture(params=ALL_ADAPTERS)
 def adapter(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 

@@ -38,7 +38,7 @@ import pytest
 import requests
 
 from pollsession import HttpHandler, MessageType, Session, SessionClosed
-from tests.utils import ADAPTERS, MS, serve, wait_until
+from tests.utils import ALL_ADAPTERS, MS, mount_handler, serve, wait_until
 
 __all__ = [
     "AppProbe",
@@ -356,14 +356,7 @@ def running(
 
         def extra(app_or_routes: Any) -> None:
             for path, mounted in mounts.items():
-                if framework == "flask":
-                    from pollsession.adapters.flask import mount
-
-                    mount(app_or_routes, path, mounted)
-                else:
-                    from pollsession.adapters.tornado import route
-
-                    app_or_routes.append(route(path, mounted))
+                mount_handler(framework, app_or_routes, path, mounted)
 
         return extra
 
@@ -382,7 +375,7 @@ def running(
 WORKERS = 3
 """Workers of a ``*-redis`` deployment."""
 
-CONFORMANCE_ADAPTERS = (*ADAPTERS, "tornado-redis", "flask-redis")
+CONFORMANCE_ADAPTERS = (*ALL_ADAPTERS, "tornado-redis", "flask-redis")
 """Every adapter, and the multi-worker deployments the conformance suite also runs against."""
 
 _deployments = itertools.count(1)

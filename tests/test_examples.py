@@ -8,7 +8,9 @@ terminates it. ``tests/test_demo.py`` uses the same helpers.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import concurrent.futures
 import contextlib
 import os
 import signal
@@ -23,6 +25,7 @@ from typing import Any
 
 import requests
 
+from pollsession.client import AsyncClient
 from tests.utils import MS, wait_until
 
 __all__ = ["ROOT", "TIMEOUT", "Server", "WireSession", "free_port", "running"]
@@ -251,3 +254,33 @@ def test_flask_broadcast_announces_to_every_session_from_a_view(tmp_path: Path) 
         assert first.delete() == 204
         response = requests.post(f"{server.url}/announce", json={"text": "second"}, timeout=TIMEOUT)
         assert response.json() == {"delivered": 1}
+
+
+def test_asgi_fastapi_echoes_beside_its_routes_and_ctrl_c_closes_with_1001_at_once(tmp_path: Path) -> None:
+    with running(["examples/asgi_fastapi.py"], tmp_path) as server:
+        assert requests.get(f"{server.url}/hello", timeout=TIMEOUT).json() == {"hello": "world"}
+        script = requests.get(f"{server.url}/pollsession.js", timeout=TIMEOUT)
+        assert script.status_code == 200 and "PollSession" in script.text
+
+        async def echo_all() -> list[object]:
+            async with AsyncClient(f"{server.url}/poll/") as client:
+                for value in ("héllo", b"\x00\xff", {"a": [1, None]}):
+                    await client.send(value)
+                return [await client.receive(timeout=TIMEOUT) for _ in range(3)]
+
+        assert asyncio.run(echo_all()) == ["héllo", b"\x00\xff", {"a": [1, None]}]
+
+        session = WireSession(f"{server.url}/poll/")
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            held = pool.submit(requests.get, f"{server.url}/poll/", params={"ack": "0", "wait": "20"},
+                               headers={"Pollsession-Id": session.sid}, timeout=TIMEOUT)
+            wait_until(lambda: held.running(), TIMEOUT, "the poll to be sent")
+            started = time.monotonic()
+            server.process.send_signal(signal.SIGINT)
+            answer = held.result()
+        # The held poll is answered with the close at once, not after its 20 s hold.
+        assert answer.status_code == 200 and answer.json()["closed"] == {"code": 1001,
+                                                                         "reason": "server shutting down"}
+        assert time.monotonic() - started < 5
+        assert server.process.wait(TIMEOUT) == 0, server.errors()
+    assert "Traceback" not in server.errors()

@@ -26,6 +26,9 @@ MS = 0.001 * float(os.environ.get("POLLSESSION_TEST_SCALE", "1"))
 # "tornado-same-loop" is Tornado with HttpHandler(use_running_loop=True): the
 # sessions run on Tornado's own loop instead of the handler's thread.
 ADAPTERS = ("flask", "tornado", "tornado-same-loop")
+"""The adapters every adapter-level test covers (bodies, headers, connections, the fuzzer)."""
+ALL_ADAPTERS = (*ADAPTERS, "asgi")
+"""ADAPTERS and the ASGI adapter under uvicorn: the conformance suite and both clients' tests run on each."""
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 5000 * MS, what: str = "condition") -> Any:
@@ -65,6 +68,9 @@ def serve(
     elif adapter == "tornado-same-loop":
         _use_running_loop(handler)
         cm = _serve_tornado(handler, extra, tornado_options or {}, tornado_settings or {})
+    elif adapter == "asgi":
+        _use_running_loop(handler)
+        cm = _serve_asgi(handler, extra)
     else:
         raise ValueError(f"unknown adapter {adapter!r}")
     with cm as base_url:
@@ -72,6 +78,26 @@ def serve(
             yield base_url
         finally:
             handler.close()  # while the server still runs: held polls get their answers
+
+
+def mount_handler(adapter: str, app_or_routes: Any, path: str, handler: Any) -> None:
+    """Serve ``handler`` at ``path`` too, in what ``serve``'s ``extra`` received for ``adapter``."""
+    if adapter == "flask":
+        from pollsession.adapters.flask import mount
+
+        mount(app_or_routes, path, handler)
+    elif adapter == "asgi":
+        from starlette.routing import Route
+
+        from pollsession.adapters.asgi import PollSessionApp
+
+        if not handler.uses_running_loop:
+            _use_running_loop(handler)
+        app_or_routes.append(Route(path, PollSessionApp(handler)))
+    else:
+        from pollsession.adapters.tornado import route
+
+        app_or_routes.append(route(path, handler))
 
 
 def _use_running_loop(handler: Any) -> None:
@@ -106,6 +132,37 @@ def _serve_flask(handler: Any, extra: Callable[[Any], None] | None) -> Iterator[
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def _serve_asgi(handler: Any, extra: Callable[[Any], None] | None) -> Iterator[str]:
+    """``handler`` at ``/poll`` of a Starlette app (``extra`` gets its route list) under uvicorn."""
+    import socket
+
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    from pollsession.adapters.asgi import PollSessionApp
+
+    routes: list[Any] = [Route("/poll", PollSessionApp(handler))]
+    if extra is not None:
+        extra(routes)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(Starlette(routes=routes), log_level="warning", lifespan="off",
+                                           timeout_keep_alive=30))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="asgi-test-server",
+                              daemon=True)
+    thread.start()
+    wait_until(lambda: server.started, 10, "uvicorn to start")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
 
 
 @contextlib.contextmanager

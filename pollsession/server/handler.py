@@ -465,6 +465,11 @@ class HttpHandler:
         return self._loop_thread.submit(coro)
 
     @property
+    def uses_running_loop(self) -> bool:
+        """Whether the sessions run on the loop of the first request (``use_running_loop=True``)."""
+        return self._use_running_loop
+
+    @property
     def loop(self) -> asyncio.AbstractEventLoop:
         """The handler's event loop (started if needed). From other threads, use ``submit``."""
         return self._loop_thread.loop
