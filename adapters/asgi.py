@@ -200,15 +200,14 @@ class PollSessionApp:
             too_large = False
         answering = asyncio.ensure_future(
             self.handler.handle_request_async(AsgiContext(scope, body, too_large=too_large)))
-        if not answering.done():
-            watching = asyncio.ensure_future(_disconnected(receive))
-            await asyncio.wait((answering, watching), return_when=asyncio.FIRST_COMPLETED)
-            watching.cancel()
-            if not answering.done():  # the client went away: release the held poll
-                answering.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await answering
-                return
+        watching = asyncio.ensure_future(_disconnected(receive))
+        await asyncio.wait((answering, watching), return_when=asyncio.FIRST_COMPLETED)
+        watching.cancel()
+        if not answering.done():  # the client went away: release the held poll
+            answering.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await answering
+            return
         answer = answering.result()
         headers = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in answer.headers]
         if not any(name == b"content-length" for name, _ in headers):
@@ -230,9 +229,7 @@ class PollSessionApp:
                 return
 
     async def _close(self) -> None:
-        if self._closing is None:
-            self._closing = asyncio.ensure_future(self.handler.aclose())
-        await asyncio.shield(self._closing)
+        await asyncio.shield(self._begin_closing())
 
     def _chain_signals(self) -> None:
         """Once, on the main thread: on SIGINT or SIGTERM, start closing, then call the server's handler."""
@@ -247,12 +244,14 @@ class PollSessionApp:
 
     def _on_signal(self, loop: asyncio.AbstractEventLoop, previous: Callable[[int, Any], Any],
                    signum: int, frame: Any) -> None:
-        loop.call_soon_threadsafe(self._begin_closing)
+        loop.call_soon_threadsafe(self._begin_closing)  # its task is kept in self._closing
         previous(signum, frame)
 
-    def _begin_closing(self) -> None:
+    def _begin_closing(self) -> asyncio.Task[None]:
+        """The one task that closes the handler: started by a signal or the lifespan shutdown, whichever first."""
         if self._closing is None:
             self._closing = asyncio.ensure_future(self.handler.aclose())
+        return self._closing
 
 
 @functools.cache
