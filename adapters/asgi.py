@@ -65,12 +65,7 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl
 
-from pollsession import (
-    HttpContext,
-    HttpHandler,
-    PayloadTooLarge,
-    client_script_path,
-)
+from pollsession import HttpContext, HttpHandler, buffered_body, client_script_path, declared_length
 
 __all__ = ["AsgiContext", "PollSessionApp", "ClientScriptApp"]
 
@@ -87,6 +82,14 @@ def _full_path(scope: Scope) -> str:
     path: str = scope["path"]
     root: str = scope.get("root_path", "")
     return path if not root or path.startswith(root) else root + path
+
+
+def _first_header(scope: Scope, name: bytes) -> str | None:
+    """The first value of header ``name`` (lower-case) in ``scope``, before the body is read."""
+    for key, value in scope["headers"]:
+        if key.lower() == name:
+            return str(value.decode("latin-1"))
+    return None
 
 
 class AsgiContext(HttpContext):
@@ -123,24 +126,11 @@ class AsgiContext(HttpContext):
         return parse_qsl(self._scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
 
     def body(self, limit: int) -> bytes:
-        if self._too_large and len(self._body) <= limit:
-            raise PayloadTooLarge(f"request body declares more than max_body_size of {limit} bytes",
-                                  code="body_too_large")
-        return self._body[: limit + 1]
+        return buffered_body(self._body, limit, too_large=self._too_large)
 
     def client_address(self) -> str | None:
         client = self._scope.get("client")
         return str(client[0]) if client else None
-
-
-def _declared_length(scope: Scope) -> int | None:
-    """The body length a plain ``Content-Length`` declares, if any."""
-    for name, value in scope["headers"]:
-        if name.lower() == b"content-length":
-            if not value.isdigit():
-                return None
-            return int(value) if len(value) <= 18 else 10**18
-    return None
 
 
 async def _read_body(receive: Receive, limit: int) -> tuple[bytes, bool, bool]:
@@ -190,7 +180,7 @@ class PollSessionApp:
             await send({"type": "websocket.close", "code": 1008, "reason": "pollsession speaks HTTP here"})
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        declared = _declared_length(scope)
+        declared = declared_length(_first_header(scope, b"content-length"))
         if declared is not None and declared > self._limit:
             body, complete, too_large = b"", False, True
         else:

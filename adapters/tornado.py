@@ -90,7 +90,9 @@ from pollsession import (
     HttpHandler,
     MethodNotAllowed,
     PayloadTooLarge,
+    buffered_body,
     client_script_path,
+    declared_length,
     error_response,
 )
 
@@ -143,10 +145,7 @@ class TornadoContext(HttpContext):
         return parse_qsl(self._request.query, keep_blank_values=True)
 
     def body(self, limit: int) -> bytes:
-        if self._too_large and len(self._body) <= limit:
-            raise PayloadTooLarge(f"request body declares more than max_body_size of {limit} bytes",
-                                  code="body_too_large")
-        return self._body[: limit + 1]
+        return buffered_body(self._body, limit, too_large=self._too_large)
 
     def client_address(self) -> str | None:
         return self._request.remote_ip
@@ -157,14 +156,6 @@ class _EveryMethod(tuple[str, ...]):
 
     def __contains__(self, method: object) -> bool:
         return True
-
-
-def _declared_length(request: HTTPServerRequest) -> int | None:
-    """The body length a plain ``Content-Length`` declares, if any."""
-    value = request.headers.get("Content-Length")
-    if value is None or not (value.isascii() and value.isdigit()):
-        return None
-    return int(value) if len(value) <= 18 else 10**18  # past any limit (and int()'s digit limit)
 
 
 @tornado.web.stream_request_body
@@ -193,7 +184,7 @@ class SessionRequestHandler(tornado.web.RequestHandler):
             # Tornado would find no method to call for it: answer now, before the body.
             await self._start(complete=False)
             return
-        declared = _declared_length(self.request)
+        declared = declared_length(self.request.headers.get("Content-Length"))
         if declared is not None and declared > self._limit:
             connection = self.request.connection
             if isinstance(connection, HTTP1Connection):

@@ -28,7 +28,7 @@ from .protocol.errors import (
     UnknownSession,
     UnsupportedMediaType,
 )
-from .protocol.http import Headers, HttpContext, HttpResponse, RequestInfo
+from .protocol.http import Headers, HttpContext, HttpResponse, RequestInfo, buffered_body, declared_length
 from .protocol.messages import Message, MessageType
 from .server.handler import AuthHook, HttpHandler, error_response
 from .server.session import Session
@@ -64,7 +64,9 @@ __all__ = [
     "Unauthorized",
     "UnknownSession",
     "UnsupportedMediaType",
+    "buffered_body",
     "client_script_path",
+    "declared_length",
     "error_response",
     "__version__",
 ]

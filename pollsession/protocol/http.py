@@ -13,7 +13,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http.cookies import CookieError, SimpleCookie
 
-__all__ = ["HttpContext", "HttpResponse", "Headers", "RequestInfo"]
+from .errors import PayloadTooLarge
+
+__all__ = ["HttpContext", "HttpResponse", "Headers", "RequestInfo", "buffered_body", "declared_length"]
 
 
 class HttpContext(abc.ABC):
@@ -74,6 +76,31 @@ class HttpContext(abc.ABC):
     @abc.abstractmethod
     def client_address(self) -> str | None:
         """The peer's IP address, if known."""
+
+
+def declared_length(value: str | None) -> int | None:
+    """The body length a plain ``Content-Length`` value declares, or None (absent, or not plain digits).
+
+    More than 18 digits reads as 10**18: past any limit, and short of
+    ``int()``'s digit limit (4,300), so a hostile header costs nothing.
+    """
+    value = (value or "").strip()
+    if not (value.isascii() and value.isdigit()):
+        return None
+    return int(value) if len(value) <= 18 else 10**18
+
+
+def buffered_body(body: bytes, limit: int, *, too_large: bool) -> bytes:
+    """``HttpContext.body(limit)`` for an adapter that has read ``body`` and kept at most ``limit + 1`` bytes.
+
+    ``too_large``: the adapter knows the body is larger than ``limit`` and
+    left it unread (its ``Content-Length`` said so); then, whatever was read,
+    the answer is :class:`~pollsession.PayloadTooLarge`.
+    """
+    if too_large and len(body) <= limit:
+        raise PayloadTooLarge(f"request body declares more than max_body_size of {limit} bytes",
+                              code="body_too_large")
+    return body[: limit + 1]
 
 
 @dataclass(slots=True)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from .config import Settings
 from .errors import ALLOW, BadRequest, Forbidden, HttpError, MethodNotAllowed, PayloadTooLarge, UnsupportedMediaType
-from .http import HttpContext
+from .http import HttpContext, declared_length
 from .messages import Packed, parse_batch
 
 __all__ = ["Preflight", "Open", "Poll", "Push", "Delete", "Operation", "parse_operation", "is_probe", "ALLOW",
@@ -96,11 +96,10 @@ def _parse_push(context: HttpContext, settings: Settings) -> list[tuple[int, Pac
         raise UnsupportedMediaType(
             f"a POST must have Content-Type application/json, got {content_type[:60]!r}"
         )
-    declared = (context.header("Content-Length") or "").strip()
-    # More than 18 digits is past any limit (and past int()'s digit limit from 4,301 on).
-    if declared.isascii() and declared.isdigit() and (len(declared) > 18 or int(declared) > settings.max_body_size):
-        raise PayloadTooLarge(f"request body of {declared[:20]} bytes exceeds max_body_size of "
-                              f"{settings.max_body_size}", code="body_too_large")
+    declared = declared_length(context.header("Content-Length"))
+    if declared is not None and declared > settings.max_body_size:
+        raise PayloadTooLarge(f"request body of {(context.header('Content-Length') or '').strip()[:20]} bytes "
+                              f"exceeds max_body_size of {settings.max_body_size}", code="body_too_large")
     body = context.body(settings.max_body_size)
     if len(body) > settings.max_body_size:
         raise PayloadTooLarge(f"request body of {len(body)} bytes exceeds max_body_size of "
