@@ -41,6 +41,7 @@ from tests.test_client import (
     assert_every_fault_seen,
     echo,
     make_handler,
+    recording_close,
     take,
     take_all,
 )
@@ -204,10 +205,7 @@ def test_headers_cookies_and_a_callers_session_reach_the_server(adapter: str) ->
 def test_client_close_is_seen_by_the_coroutine_as_1000(adapter: str) -> None:
     codes: queue.Queue[Any] = queue.Queue()
 
-    async def watch(session: Session) -> None:
-        async for _ in session:
-            pass
-        codes.put(session.close_code)
+    watch = recording_close(codes)
 
     async def main() -> None:
         with serve(adapter, make_handler(watch)) as base:
@@ -378,10 +376,7 @@ def test_a_dead_server_cannot_hang_a_request() -> None:
 def test_cancelling_the_caller_inside_async_with_closes_the_session(adapter: str) -> None:
     codes: queue.Queue[Any] = queue.Queue()
 
-    async def watch(session: Session) -> None:
-        async for _ in session:
-            pass
-        codes.put(session.close_code)
+    watch = recording_close(codes)
 
     async def main() -> None:
         with serve(adapter, make_handler(watch)) as base:
@@ -490,10 +485,7 @@ def test_limits_are_checked_when_sending(adapter: str) -> None:
 def test_a_413_closes_the_session_with_1009_and_the_servers_message(adapter: str) -> None:
     codes: queue.Queue[Any] = queue.Queue()
 
-    async def watch(session: Session) -> None:
-        async for data in session:
-            await session.send(data)
-        codes.put(session.close_code)
+    watch = recording_close(codes, echoing=True)
 
     async def main() -> None:
         # The open answer is rewritten to claim bigger limits than the server's, which answers 413.

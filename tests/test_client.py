@@ -72,6 +72,18 @@ def rewrite_open_answer(http: requests.Session, change: Callable[[dict[str, Any]
     http.hooks["response"].append(hook)
 
 
+def recording_close(codes: queue.Queue[Any], *, echoing: bool = False) -> Callable[[Session], Any]:
+    """A target that reads (and, ``echoing``, sends back) every message, then puts its close code in ``codes``."""
+
+    async def watch(session: Session) -> None:
+        async for data in session:
+            if echoing:
+                await session.send(data)
+        codes.put(session.close_code)
+
+    return watch
+
+
 def take(events: queue.Queue[Any], what: str) -> Any:
     try:
         return events.get(timeout=5000 * MS)
@@ -185,10 +197,7 @@ def test_headers_cookies_and_a_callers_session_reach_the_server(adapter: str) ->
 def test_client_close_is_seen_by_the_coroutine_as_1000(adapter: str) -> None:
     codes: queue.Queue[Any] = queue.Queue()
 
-    async def watch(session: Session) -> None:
-        async for _ in session:
-            pass
-        codes.put(session.close_code)
+    watch = recording_close(codes)
 
     with serve(adapter, make_handler(watch)) as base:
         client = Client(base + "/poll")
@@ -387,10 +396,7 @@ def test_a_413_closes_the_session_with_1009_and_the_servers_message(adapter: str
     # so the client sends a body the server refuses with 413: retrying cannot help, the session ends.
     codes: queue.Queue[Any] = queue.Queue()
 
-    async def watch(session: Session) -> None:
-        async for data in session:
-            await session.send(data)
-        codes.put(session.close_code)
+    watch = recording_close(codes, echoing=True)
 
     http = requests.Session()
     rewrite_open_answer(http, lambda document: document.update(max_message_size=1 << 20, max_body_size=1 << 20))
