@@ -28,7 +28,7 @@ import pytest
 
 from pollsession import MessageTooLarge, ProtocolError, Session, SessionClosed, Unauthorized
 from pollsession.client import AsyncClient
-from pollsession.client.answers import Outcome, OutcomeKind, RequestKind
+from pollsession.client.answers import Outcome, OutcomeKind, RequestKind, classify_answer
 from pollsession.client.core import ClientCore, ExchangeStep, Phase, Step, exchange_step, open_error
 from pollsession.protocol.wire import POLL_MARGIN
 from tests import test_vectors_client as vectors
@@ -740,3 +740,22 @@ def test_the_core_keeps_one_close_and_refuses_what_it_must() -> None:
     assert not core.close_unopened(1000, "") and (core.close_code, core.close_reason) == (4000, "never opened")
     with pytest.raises(SessionClosed):
         core.next_message()
+
+
+def test_a_decided_close_ends_receiving_before_the_cleanup_request_is_answered() -> None:
+    """CLOSING already raises: a server that is stopping may never answer the final poll or DELETE."""
+    core = ClientCore(poll_wait=None, request_timeout=1.0, max_retries=1, retry_base_delay=0.1,
+                      retry_max_delay=1.0, random=random.random)
+    core.begin_open()
+    hello = b'{"version":1,"sid":"s","poll_timeout":25,"session_timeout":60,"inbox_limit":64,' \
+            b'"max_message_size":1024,"max_body_size":4096,"messages":[],"closed":null}'
+    assert core.opened(classify_answer(RequestKind.OPEN, 200, {"Content-Type": "application/json"}, hello))
+    last = classify_answer(RequestKind.POLL, 200, {"Content-Type": "application/json"},
+                           b'{"messages":[{"seq":1,"type":"text","data":"last"}],"closed":{"code":1001,"reason":"x"}}')
+    assert core.deliver(last) and not core.ended
+    assert core.decide_close(1001, "x") and core.phase is Phase.CLOSING and core.ended
+    assert core.next_message() == (True, "last")  # what came before the close first
+    with pytest.raises(SessionClosed) as caught:
+        core.next_message()
+    assert (caught.value.code, caught.value.reason) == (1001, "x")
+    assert core.mark_closed() and core.ended

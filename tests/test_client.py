@@ -237,10 +237,11 @@ def test_server_close_raises_its_code_and_reason_after_the_last_messages(adapter
             assert client.closed and (client.close_code, client.close_reason) == (4001, "bye")
             with pytest.raises(SessionClosed):
                 client.send("too late")
-            # The final poll carried the last ack, so the server has already forgotten the session.
-            gone = requests.get(base + "/poll", headers={"Pollsession-Id": client.sid or ""}, timeout=5)
-            assert gone.status_code == 410
         assert client.close_code == 4001  # close() keeps the server's code
+        # close() waited for the final poll, which carried the last ack: the server has
+        # forgotten the session already (its session_timeout is far off).
+        gone = requests.get(base + "/poll", headers={"Pollsession-Id": client.sid or ""}, timeout=5)
+        assert gone.status_code == 410
 
 
 def test_iteration_ends_when_the_server_closes(adapter: str) -> None:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import re
 import signal
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -172,14 +174,33 @@ RECIPES = [
 ]
 
 
-def settle(base_url: str) -> None:
-    """One more round trip to the server after the last greeting.
+def waiting_for_an_answer(client: Client) -> bool:
+    """Whether ``client``'s poller has sent its poll and is blocked reading the answer.
 
-    Each client sends its next poll the moment it has read an answer, so by
-    now every poll is held, except perhaps the last client's, which may still
-    be on its way; the server cannot be asked. This round trip gives it the
-    time of one request to arrive before the signal.
+    The poller thread is named after the client (pollsession/client/sync.py);
+    while it waits, the innermost Python frame of its stack is the socket
+    file's ``readinto`` (http.client reading the status line), which is only
+    called once the whole request has been written.
     """
+    name = f"pollsession-poller-{id(client):x}"
+    thread = next((thread for thread in threading.enumerate() if thread.name == name), None)
+    frame = None if thread is None or thread.ident is None else sys._current_frames().get(thread.ident)
+    return frame is not None and frame.f_code.co_name == "readinto" and frame.f_code.co_filename.endswith("socket.py")
+
+
+def settle(clients: list[Client], base_url: str) -> None:
+    """Wait until every client's next poll has been sent, then one more round trip to the server.
+
+    Each client sends its next poll the moment it has read an answer, but the
+    last one's may still be on its way when the greeting returns; a poll sent
+    after the signal finds the server gone and ends in 1006, not 1001. The
+    round trip after gives the server the time of one request to read them.
+    """
+    deadline = time.monotonic() + TIMEOUT
+    for index, client in enumerate(clients):
+        while not waiting_for_an_answer(client):
+            assert time.monotonic() < deadline, f"client {index} sent no poll within {TIMEOUT}s"
+            time.sleep(MS)
     assert requests.get(f"{base_url}/poll", params={"test": "1"}, timeout=TIMEOUT).text == "ok"
 
 
@@ -202,7 +223,7 @@ def test_a_signal_closes_every_session_with_1001_at_once(recipe: Recipe, signum:
         clients = open_clients(f"{server.url}/poll{recipe.query}")
         try:
             recipe.greet(clients, server.url)
-            settle(server.url)
+            settle(clients, server.url)
             signalled = time.monotonic()
             server.process.send_signal(signum)
             last_close = assert_clients_see_1001(clients, signalled)

@@ -73,7 +73,7 @@ def test_sigterm_closes_every_session_with_1001_at_once(signum: signal.Signals, 
         try:
             for client in clients:
                 echo_once(client)  # reads the greeting, then one echo: its next poll is held
-            settle(server.url)
+            settle(clients, server.url)
             signalled = time.monotonic()
             server.process.send_signal(signum)
             last_close = assert_clients_see_1001(clients, signalled, GUNICORN_CLOSE_DEADLINE)

@@ -157,6 +157,11 @@ class ClientCore:
         """Consecutive failed retries before a session ends with 1006."""
         return self._max_retries
 
+    @property
+    def ended(self) -> bool:
+        """True once the close is decided (CLOSING or CLOSED): what the user sees as closed."""
+        return self.phase is Phase.CLOSING or self.phase is Phase.CLOSED
+
     def closed_error(self, default: int = ABNORMAL_CLOSURE) -> SessionClosed:
         """The :class:`SessionClosed` to raise now (``default``: the code when none was recorded)."""
         return SessionClosed(self.close_code or default, self.close_reason or "")
@@ -243,12 +248,15 @@ class ClientCore:
     def next_message(self) -> tuple[bool, Any]:
         """``(True, message)`` if one is there, ``(False, None)`` to wait for news.
 
-        Raises :class:`SessionClosed` once the session is closed and every
-        message received before was returned, :class:`RuntimeError` before the open.
+        Raises :class:`SessionClosed` once the close is decided (CLOSING: its
+        code is known and no message comes after it) and every message received
+        before was returned; the cleanup request (final poll or ``DELETE``) does
+        not hold it up, since a server that is stopping may never answer that.
+        :class:`RuntimeError` before the open.
         """
         if self._inbox:
             return True, self._inbox.popleft()
-        if self.phase is Phase.CLOSED:
+        if self.ended:
             raise self.closed_error()
         if self.phase is Phase.NEW:
             raise RuntimeError("the client is not open: call open() first")

@@ -140,11 +140,13 @@ class Client:
 
     @property
     def closed(self) -> bool:
-        """True once the session has ended and the server was told or has forgotten it.
+        """True once the session has ended: its close code is known and nothing more arrives.
 
         :meth:`receive` may still return messages that arrived before the end.
+        Telling the server (the final poll or ``DELETE``) may still be under
+        way; :meth:`close` waits for it.
         """
-        return self._core.phase is Phase.CLOSED
+        return self._core.ended
 
     @property
     def close_code(self) -> int | None:
