@@ -61,6 +61,17 @@ class Outbox:
             return False
         return count == 0 or self._bytes + reserved_bytes + size <= self._max_bytes
 
+    def append_if_fits(self, fragment: bytes, reserved_messages: int = 0, reserved_bytes: int = 0) -> int | None:
+        """:meth:`fits` and :meth:`append` in one call (once per message sent): the seq, or None if it does not fit."""
+        entries = self._entries
+        count = len(entries) + reserved_messages
+        if count >= self._max_messages or (count and self._bytes + reserved_bytes + len(fragment) > self._max_bytes):
+            return None
+        self.last_sent += 1
+        entries.append((self.last_sent, fragment))
+        self._bytes += len(fragment)
+        return self.last_sent
+
     def append(self, fragment: bytes) -> int:
         """Add a fragment (the caller checked :meth:`fits`); return its sequence number."""
         self.last_sent += 1

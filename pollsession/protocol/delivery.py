@@ -160,12 +160,13 @@ class Delivery:
         None means it must wait: call :meth:`wait_for_room` for a ticket.
         Raises ``SessionClosed`` once closed.
         """
-        self._raise_if_closed()
+        if self._close is not None:
+            self._raise_if_closed()
         # First come, first numbered: nobody passes a sender still waiting, or one granted room
         # that has not appended yet.
-        if self._waiting or self._granted or not self._fits(len(message.fragment)):
+        if self._waiting or self._granted:
             return None
-        return self._outbox.append(message.fragment)
+        return self._outbox.append_if_fits(message.fragment, self._reserved, self._reserved_bytes)
 
     def offer(self, message: Outgoing) -> bool:
         """A broadcast's append: now if there is room beside what is reserved, never waiting; False if not.
@@ -173,11 +174,11 @@ class Delivery:
         A broadcast does not queue behind waiting senders (it would block every
         member), but it never takes the room reserved for a granted one.
         """
-        self._raise_if_closed()
-        if self._waiting or not self._fits(len(message.fragment)):
+        if self._close is not None:
+            self._raise_if_closed()
+        if self._waiting:
             return False
-        self._outbox.append(message.fragment)
-        return True
+        return self._outbox.append_if_fits(message.fragment, self._reserved, self._reserved_bytes) is not None
 
     def wait_for_room(self, size: int) -> int:
         """Queue a sender of a ``size``-byte fragment; return its ticket (granted by :meth:`acknowledge`)."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import BadRequest, MessageTooLarge
-from .wire import MessageType, dump_json
+from .wire import MessageType, dump_json, encode_json_string
 
 __all__ = [
     "MessageType",
@@ -69,7 +69,7 @@ class Packed:
         return Message(self.type, json.loads(self.raw), len(self.raw))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Outgoing:
     """A message encoded for the wire once, when it is sent (once per broadcast).
 
@@ -77,6 +77,9 @@ class Outgoing:
     the wire form with sequence number N is ``{"seq":N,`` + fragment + ``}``;
     one fragment is shared by every member of a broadcast. ``size`` is the
     message's size as the protocol counts it (section 2).
+
+    Never changed once made, but not ``frozen``: one is made per message
+    sent, and a frozen dataclass's ``__init__`` costs three times as much.
     """
 
     type: MessageType
@@ -85,10 +88,7 @@ class Outgoing:
 
 
 def _utf8_size(text: str) -> int:
-    try:
-        return len(text.encode("utf-8"))
-    except UnicodeEncodeError as exc:
-        raise ValueError("text is not valid Unicode (lone surrogate)") from exc
+    return len(_utf8(text))
 
 
 def encode_outgoing(value: Any, max_size: int, *, as_json: bool = False) -> Outgoing:
@@ -100,17 +100,33 @@ def encode_outgoing(value: Any, max_size: int, *, as_json: bool = False) -> Outg
     past ``max_size``.
     """
     if isinstance(value, str) and not as_json:
-        type_, size, data = MessageType.TEXT, _utf8_size(value), dump_json(value)
-    elif isinstance(value, (bytes, bytearray, memoryview)) and not as_json:
+        # The common case, kept short: a burst of sends spends most of its time here.
+        size = len(value) if value.isascii() else _utf8_size(value)
+        if size > max_size:
+            raise MessageTooLarge(size, max_size)
+        return Outgoing(MessageType.TEXT, _TEXT_PREFIX + encode_json_string(value).encode("utf-8"), size)
+    if isinstance(value, (bytes, bytearray, memoryview)) and not as_json:
         raw = bytes(value)
-        type_, size, data = MessageType.BINARY, len(raw), '"' + base64.b64encode(raw).decode("ascii") + '"'
-    else:
-        data = dump_json(value)
-        _check_json_number_range(value)
-        type_, size = MessageType.JSON, _utf8_size(data)
-    if size > max_size:
-        raise MessageTooLarge(size, max_size)
-    return Outgoing(type_, b'"type":"%s","data":%s' % (type_.value.encode("ascii"), data.encode("utf-8")), size)
+        if len(raw) > max_size:
+            raise MessageTooLarge(len(raw), max_size)
+        return Outgoing(MessageType.BINARY, b'%s"%s"' % (_BINARY_PREFIX, base64.b64encode(raw)), len(raw))
+    data = dump_json(value)
+    _check_json_number_range(value)
+    encoded = _utf8(data)
+    if len(encoded) > max_size:
+        raise MessageTooLarge(len(encoded), max_size)
+    return Outgoing(MessageType.JSON, _JSON_PREFIX + encoded, len(encoded))
+
+
+_TEXT_PREFIX, _BINARY_PREFIX, _JSON_PREFIX = (b'"type":"%s","data":' % kind.value.encode("ascii")
+                                              for kind in (MessageType.TEXT, MessageType.BINARY, MessageType.JSON))
+
+
+def _utf8(text: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError("text is not valid Unicode (lone surrogate)") from exc
 
 
 def _check_json_number_range(value: Any) -> None:

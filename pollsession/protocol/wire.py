@@ -78,6 +78,12 @@ class MessageType(str, enum.Enum):
 
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_encode_basestring = json.encoder.encode_basestring  # what _ENCODER.encode does for a str (ensure_ascii=False)
+
+
+def encode_json_string(text: str) -> str:
+    """``dump_json(text)`` for a str, without the encoder's dispatch (one per text message sent)."""
+    return _encode_basestring(text)
 
 
 def dump_json(value: Any) -> str:

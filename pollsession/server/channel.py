@@ -76,10 +76,22 @@ class Channel:
 
     # -- sending --------------------------------------------------------------
 
+    def try_send(self, message: Outgoing) -> bool:
+        """Append ``message`` now if it need not wait; False: await :meth:`send`. SessionClosed once closed.
+
+        The path of almost every message, so ``Session.send`` calls it without
+        a coroutine of its own.
+        """
+        if self.delivery.send(message) is None:
+            return False
+        poll = self._poll
+        if poll is not None and not poll.done():
+            poll.set_result(PollWake.READY)
+        return True
+
     async def send(self, message: Outgoing) -> None:
         """Append ``message``, waiting (FIFO) while the outbox is full; SessionClosed once closed."""
-        if self.delivery.send(message) is not None:
-            _wake(self._poll, PollWake.READY)
+        if self.try_send(message):
             return
         ticket = self.delivery.wait_for_room(len(message.fragment))
         waiter: asyncio.Future[None] = self._loop.create_future()

@@ -87,7 +87,9 @@ class Session:
         past ``max_message_size``, and ``TypeError``/``ValueError`` for a
         value JSON cannot carry.
         """
-        await self._channel.send(encode_outgoing(data, self._max_message_size))
+        message = encode_outgoing(data, self._max_message_size)
+        if not self._channel.try_send(message):
+            await self._channel.send(message)
 
     async def send_text(self, text: str) -> None:
         if not isinstance(text, str):
@@ -101,7 +103,9 @@ class Session:
 
     async def send_json(self, value: Any) -> None:
         """Send ``value`` as a json message, even when it is a str."""
-        await self._channel.send(encode_outgoing(value, self._max_message_size, as_json=True))
+        message = encode_outgoing(value, self._max_message_size, as_json=True)
+        if not self._channel.try_send(message):
+            await self._channel.send(message)
 
     async def receive(self, timeout: float | None = None) -> Any:
         """The next message's data: ``str``, ``bytes``, or a decoded JSON value.
