@@ -266,11 +266,15 @@ class HttpHandler:
         if self._loop_thread.in_loop_thread():  # use_running_loop: no hand-off at all
             cors, direct = self._begin(context)
             return self._finish(direct if isinstance(direct, HttpResponse) else await direct[0], cors)
-        cors, step = self._start(context, blocking=False)
+        cors, step = self._begin(context)
         if isinstance(step, HttpResponse):
             return self._finish(step, cors)
         try:
-            response = await asyncio.wrap_future(step[0])
+            answer = self._loop_thread.run_from_loop(step[0])
+        except LoopStopped:
+            return self._finish(self._unavailable(), cors)
+        try:
+            response = await answer
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
