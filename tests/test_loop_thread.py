@@ -99,3 +99,28 @@ def test_after_stop_both_ways_in_raise_loop_stopped(loop_thread: EventLoopThread
 
     with pytest.raises(LoopStopped):
         asyncio.run(caller())
+
+
+def test_cancelling_a_submitted_future_cancels_its_task(loop_thread: EventLoopThread) -> None:
+    started, cancelled = threading.Event(), threading.Event()
+
+    async def held() -> None:
+        started.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    future = loop_thread.submit(held())
+    assert started.wait(DEADLINE)
+    assert future.cancel()
+    assert cancelled.wait(DEADLINE), "the task on the loop thread was not cancelled"
+
+
+def test_a_submitted_coroutine_raises_through_its_future(loop_thread: EventLoopThread) -> None:
+    async def fails() -> None:
+        raise KeyError("inside")
+
+    with pytest.raises(KeyError, match="inside"):
+        loop_thread.submit(fails()).result(DEADLINE)

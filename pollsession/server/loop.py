@@ -75,7 +75,11 @@ class EventLoopThread:
             except RuntimeError:  # stopped, or no loop to borrow: the coroutine will never run
                 coro.close()
                 raise
-            return asyncio.run_coroutine_threadsafe(coro, loop)
+            future: concurrent.futures.Future[T] = concurrent.futures.Future()
+            submission = _Submission(coro, future, loop)
+            loop.call_soon_threadsafe(submission.start)
+        future.add_done_callback(submission.abandon_if_cancelled)
+        return future
 
     def run_from_loop(self, coro: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
         """Run ``coro`` on this loop for a task of another running loop: await the result there.
@@ -152,6 +156,51 @@ class EventLoopThread:
                 loop.run_until_complete(loop.shutdown_default_executor())
             finally:
                 loop.close()
+
+
+class _Submission:
+    """One coroutine run by :meth:`EventLoopThread.submit`: ``run_coroutine_threadsafe`` without chained futures.
+
+    ``start``, ``finished`` and ``cancel`` run on the loop (in the order they
+    were scheduled, so ``cancel`` finds the task ``start`` made);
+    ``abandon_if_cancelled`` runs in whichever thread cancelled the future.
+    """
+
+    __slots__ = ("_coro", "_future", "_loop", "_task")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], future: concurrent.futures.Future[Any],
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self._coro = coro
+        self._future = future
+        self._loop = loop
+        self._task: asyncio.Task[Any] | None = None
+
+    def start(self) -> None:
+        self._task = self._loop.create_task(self._coro)
+        self._task.add_done_callback(self.finished)
+
+    def finished(self, task: asyncio.Task[Any]) -> None:
+        try:
+            if task.cancelled():
+                self._future.cancel()
+            elif task.exception() is not None:
+                self._future.set_exception(task.exception())
+            else:
+                self._future.set_result(task.result())
+        except concurrent.futures.InvalidStateError:  # cancelled by its holder meanwhile
+            pass
+
+    def abandon_if_cancelled(self, future: concurrent.futures.Future[Any]) -> None:
+        if not future.cancelled():
+            return
+        try:
+            self._loop.call_soon_threadsafe(self.cancel)
+        except RuntimeError:  # the loop is closed: its task is gone already
+            pass
+
+    def cancel(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
 
 
 class _Crossing:
