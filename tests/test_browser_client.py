@@ -6,6 +6,10 @@ and waits on the events the harness records. Failures in the network are made
 with Playwright's request routing: a response is fetched from the real server
 and then thrown away, so the server believes it was delivered.
 
+The last test runs ``examples/asgi_fastapi.py`` under uvicorn as a
+subprocess, behind the fault-injecting proxy (``tests/fault_proxy.py``), with
+the page served from the proxy's origin.
+
 Chromium is Debian's ``/usr/bin/chromium``. When it (or Playwright) is missing
 the tests skip, except under CI (``CI`` set), where they fail.
 """
@@ -19,17 +23,25 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from pollsession import HttpHandler, Session, SessionClosed
-from tests.browser_pages import add_browser_routes
+from tests.browser_pages import PAGES, add_browser_routes
+from tests.fault_proxy import FaultPlan, FaultProxy
+from tests.test_examples import running
 from tests.utils import ADAPTERS, MS, serve, wait_until
 
 TIMEOUT = 10_000 * MS  # seconds; the longest any single wait may take
 
-pytestmark = pytest.mark.parametrize("adapter", ADAPTERS)
+
+@pytest.fixture(params=ADAPTERS)
+def adapter(request: pytest.FixtureRequest) -> str:
+    """Each test that takes ``adapter`` runs once per in-process adapter."""
+    return str(request.param)
 
 
 @pytest.fixture
@@ -586,3 +598,66 @@ def test_closing_a_busy_tab_gets_no_refusal(adapter: str, page: Any, caplog: pyt
 
 
 TABS = 5
+
+
+# -- the FastAPI example under uvicorn, behind the fault-injecting proxy -------------------
+
+PROXY_FAULTS = FaultPlan(reset_request=0.05, drop_response=0.1, truncate_response=0.05)
+EXCHANGED = 300  # messages each way: enough for every kind of fault to meet polls and POSTs many times
+IN_FLIGHT = 4
+
+# The browser sends IN_FLIGHT messages, then one more for each echo, so that
+# POSTs and polls interleave all along instead of one batch going out at once.
+PING_PONG = """([url, count, window]) => {
+    const i = startSession(url, {retryBaseDelay: 0.01, retryMaxDelay: 0.05, maxRetries: 20});
+    const s = session(i);
+    let sent = 0;
+    const next = () => { if (sent < count) s.send({n: sent++}); };
+    s.addEventListener("message", next);
+    for (let k = 0; k < window; k++) next();
+    return i;
+}"""
+
+
+def serve_file(path: Path) -> Any:
+    """A Playwright route handler answering with ``path`` (content type from its suffix)."""
+    return lambda route: route.fulfill(path=str(path))
+
+
+def test_fastapi_example_behind_a_faulty_proxy_exchanges_exactly_once_in_order(page: Any, tmp_path: Path) -> None:
+    # The example echoes: a message lost on the way in or out is missing from
+    # the echoes, one delivered twice (either way) shows up twice, and any
+    # reordering shows: the echoes must be exactly 0..EXCHANGED-1.
+    with running(["examples/asgi_fastapi.py"], tmp_path) as server, \
+            FaultProxy(server.url, seed=23, plan=PROXY_FAULTS) as proxy:
+        # The page, from the proxy's origin (the example serves only the client script).
+        for name in ("harness.html", "harness.js"):
+            page.route(f"{proxy.url}/{name}", serve_file(PAGES / name))
+        page.goto(f"{proxy.url}/harness.html")
+        index = page.evaluate(PING_PONG, [f"{proxy.url}/poll/", EXCHANGED, IN_FLIGHT])
+        wait_js(page, "([i, n]) => messages(i).length >= n", [index, EXCHANGED])
+        expected = [{"kind": "json", "value": {"n": n}} for n in range(EXCHANGED)]
+        assert messages(page, index) == expected
+        assert page.evaluate("(i) => [session(i).readyState, countOf(i, 'error')]", index) == [1, 0]
+
+        faults = {fate: {method: proxy.count(fate, method) for method in ("GET", "POST")}
+                  for fate in ("reset_request", "drop_response", "truncate_response")}
+        # Answers dropped after the server acted, both ways (a POST sent again, a poll asked again),
+        # and each kind of fault at all. Fates come from a seeded stream per method (the n-th POST
+        # meets the same fate in every run): about 90 GETs and 80 POSTs meet some 30 faults.
+        requests_made = {method: proxy.count("status_200", method) + proxy.count("reset_request", method)
+                         for method in ("GET", "POST")}
+        assert faults["drop_response"]["GET"] > 0 and faults["drop_response"]["POST"] > 0, faults
+        assert all(sum(by_method.values()) > 0 for by_method in faults.values()), faults
+
+        proxy.plan = FaultPlan()  # a clean close: its DELETE goes through
+        sid = page.evaluate("(i) => session(i).sessionId", index)
+        page.evaluate("(i) => session(i).close()", index)
+        closed = close_event(page, index)
+        assert (closed["code"], closed["wasClean"]) == (1000, True)
+        assert messages(page, index) == expected  # nothing more arrived before the close
+        gone = requests.get(f"{server.url}/poll/", params={"ack": "0", "wait": "0"},
+                            headers={"Pollsession-Id": sid}, timeout=TIMEOUT)
+        assert gone.status_code == 410  # the server forgot the session
+    print(f"asgi_fastapi behind the proxy: {EXCHANGED} each way in {requests_made} requests, "
+          f"faults {faults}, {proxy.faults()} in all")

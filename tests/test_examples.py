@@ -23,9 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 
-from pollsession.client import AsyncClient
+from pollsession.client import AsyncClient, Client
+from tests.test_readme import code_block
 from tests.utils import MS, wait_until
 
 __all__ = ["ROOT", "TIMEOUT", "Server", "WireSession", "free_port", "running"]
@@ -256,31 +258,87 @@ def test_flask_broadcast_announces_to_every_session_from_a_view(tmp_path: Path) 
         assert response.json() == {"delivered": 1}
 
 
+def _echo_then_ctrl_c_closes_with_1001_at_once(server: Server, poll_url: str) -> None:
+    """The ASGI examples: an AsyncClient echo at ``poll_url``, then SIGINT answers a held poll with 1001 at once."""
+
+    async def echo_all() -> list[object]:
+        async with AsyncClient(poll_url) as client:
+            for value in ("héllo", b"\x00\xff", {"a": [1, None]}):
+                await client.send(value)
+            return [await client.receive(timeout=TIMEOUT) for _ in range(3)]
+
+    assert asyncio.run(echo_all()) == ["héllo", b"\x00\xff", {"a": [1, None]}]
+
+    session = WireSession(poll_url)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        held = pool.submit(requests.get, poll_url, params={"ack": "0", "wait": "20"},
+                           headers={"Pollsession-Id": session.sid}, timeout=TIMEOUT)
+        wait_until(lambda: held.running(), TIMEOUT, "the poll to be sent")
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGINT)
+        answer = held.result()
+    # The held poll is answered with the close at once, not after its 20 s hold.
+    assert answer.status_code == 200 and answer.json()["closed"] == {"code": 1001,
+                                                                     "reason": "server shutting down"}
+    assert time.monotonic() - started < 5
+    assert server.process.wait(TIMEOUT) == 0, server.errors()
+
+
 def test_asgi_fastapi_echoes_beside_its_routes_and_ctrl_c_closes_with_1001_at_once(tmp_path: Path) -> None:
     with running(["examples/asgi_fastapi.py"], tmp_path) as server:
         assert requests.get(f"{server.url}/hello", timeout=TIMEOUT).json() == {"hello": "world"}
         script = requests.get(f"{server.url}/pollsession.js", timeout=TIMEOUT)
         assert script.status_code == 200 and "PollSession" in script.text
-
-        async def echo_all() -> list[object]:
-            async with AsyncClient(f"{server.url}/poll/") as client:
-                for value in ("héllo", b"\x00\xff", {"a": [1, None]}):
-                    await client.send(value)
-                return [await client.receive(timeout=TIMEOUT) for _ in range(3)]
-
-        assert asyncio.run(echo_all()) == ["héllo", b"\x00\xff", {"a": [1, None]}]
-
-        session = WireSession(f"{server.url}/poll/")
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            held = pool.submit(requests.get, f"{server.url}/poll/", params={"ack": "0", "wait": "20"},
-                               headers={"Pollsession-Id": session.sid}, timeout=TIMEOUT)
-            wait_until(lambda: held.running(), TIMEOUT, "the poll to be sent")
-            started = time.monotonic()
-            server.process.send_signal(signal.SIGINT)
-            answer = held.result()
-        # The held poll is answered with the close at once, not after its 20 s hold.
-        assert answer.status_code == 200 and answer.json()["closed"] == {"code": 1001,
-                                                                         "reason": "server shutting down"}
-        assert time.monotonic() - started < 5
-        assert server.process.wait(TIMEOUT) == 0, server.errors()
+        _echo_then_ctrl_c_closes_with_1001_at_once(server, f"{server.url}/poll/")
     assert "Traceback" not in server.errors()
+
+
+def test_asgi_starlette_routes_poll_exactly_and_ctrl_c_closes_with_1001_at_once(tmp_path: Path) -> None:
+    with running(["examples/asgi_starlette.py"], tmp_path) as server:
+        assert requests.get(f"{server.url}/hello", timeout=TIMEOUT).json() == {"hello": "world"}
+        script = requests.get(f"{server.url}/pollsession.js", timeout=TIMEOUT)
+        assert script.status_code == 200 and "PollSession" in script.text
+        # A Route, not a Mount: /poll itself answers, no redirect to /poll/.
+        opened = requests.get(f"{server.url}/poll", allow_redirects=False, timeout=TIMEOUT)
+        assert opened.status_code == 200 and opened.json()["sid"], opened.text
+        with Client(f"{server.url}/poll", request_timeout=TIMEOUT) as client:
+            client.send("sync")
+            assert client.receive(timeout=TIMEOUT) == "sync"
+        _echo_then_ctrl_c_closes_with_1001_at_once(server, f"{server.url}/poll")
+    assert "Traceback" not in server.errors()
+
+
+BARE_COMMANDS = {
+    "python": ["examples/asgi_bare.py"],
+    "uvicorn-cli": ["-m", "uvicorn", "examples.asgi_bare:app", "--host", "127.0.0.1", "--log-level", "warning"],
+}
+
+
+@pytest.mark.parametrize("command", BARE_COMMANDS)
+def test_asgi_bare_serves_page_script_and_poll_and_ctrl_c_closes_with_1001_at_once(command: str,
+                                                                                  tmp_path: Path) -> None:
+    port = free_port()
+    args = BARE_COMMANDS[command] + (["--port", str(port)] if command == "uvicorn-cli" else [])
+    with running(args, tmp_path, port=port) as server:
+        page = requests.get(f"{server.url}/", timeout=TIMEOUT)
+        assert page.status_code == 200 and "new PollSession" in page.text
+        assert page.headers["content-type"].startswith("text/html")
+        script = requests.get(f"{server.url}/pollsession.js", timeout=TIMEOUT)
+        assert script.status_code == 200 and "PollSession" in script.text
+        assert requests.get(f"{server.url}/elsewhere", timeout=TIMEOUT).status_code == 404
+        with Client(f"{server.url}/poll", request_timeout=TIMEOUT) as client:
+            client.send({"sync": True})
+            assert client.receive(timeout=TIMEOUT) == {"sync": True}
+        _echo_then_ctrl_c_closes_with_1001_at_once(server, f"{server.url}/poll")
+    assert "Traceback" not in server.errors()
+
+
+def test_readme_asgi_snippets_are_the_examples_lines() -> None:
+    # The README's ASGI section shows parts of the examples: every line it shows is in the file.
+    for first_line, example in (("app = Starlette(routes=[", "asgi_starlette.py"),
+                                ("poll, script = PollSessionApp(handler), ClientScriptApp()", "asgi_bare.py")):
+        source = {line.strip() for line in (ROOT / "examples" / example).read_text().splitlines()}
+        shown = [line.strip() for line in code_block(first_line).splitlines()]
+        # The example's signatures carry type hints the README leaves out.
+        missing = [line for line in shown if line and not line.startswith(("...", "async def ")) and line not in source]
+        assert not missing, f"README lines not in examples/{example}: {missing}"

@@ -171,6 +171,10 @@ RECIPES = [
     Recipe("tornado_chat", example("examples/tornado_chat.py"), chat_join, "?room=kitchen&name=ann", signals=BOTH),
     Recipe("demo-flask", demo("flask"), demo_join, "?room=lobby", signals=BOTH),
     Recipe("demo-tornado", demo("tornado"), demo_join, "?room=lobby", signals=BOTH),
+    # uvicorn re-raises a SIGTERM it caught once it has shut down (the exit status is then -15): SIGINT only.
+    Recipe("asgi_fastapi", example("examples/asgi_fastapi.py"), each(echo_once), "/"),  # a mount: at /poll/
+    Recipe("asgi_starlette", example("examples/asgi_starlette.py"), each(echo_once)),
+    Recipe("asgi_bare", example("examples/asgi_bare.py"), each(echo_once)),
 ]
 
 
