@@ -40,6 +40,12 @@ mount's sessions apart. Starlette's ``Mount("/poll")`` answers ``/poll``
 with a redirect to ``/poll/``: point clients at ``/poll/``, or route the
 exact path instead (``app.add_route("/poll", PollSessionApp(handler))``).
 
+A target answers only at its path as the client spelled it: ``/%70oll``
+(another spelling of ``/poll``, which uvicorn decodes into the same
+``path``) answers 404, as on Flask and Tornado, so that one session target
+is never reached through two URLs. The spelling is read from ``raw_path``;
+under a server that does not pass it, only the router's matching applies.
+
 Shutdown
 --------
 uvicorn, told to stop, waits for every request in flight (a held poll: up to
@@ -63,7 +69,7 @@ import signal
 import threading
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, quote
 
 from pollsession import HttpContext, HttpHandler, buffered_body, client_script_path, declared_length
 
@@ -75,6 +81,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_PATH_SAFE = "/:@!$&'()*+,;=~"  # what a path may carry unescaped (RFC 3986 pchar), as quote() leaves it
 
 
 def _full_path(scope: Scope) -> str:
@@ -82,6 +89,17 @@ def _full_path(scope: Scope) -> str:
     path: str = scope["path"]
     root: str = scope.get("root_path", "")
     return path if not root or path.startswith(root) else root + path
+
+
+def _is_mounted_spelling(scope: Scope) -> bool:
+    """Whether the path as the client wrote it (``raw_path``) is the canonical spelling of the decoded path."""
+    raw = scope.get("raw_path")
+    if not raw:
+        return True
+    full, root = _full_path(scope), scope.get("root_path", "")
+    # uvicorn puts root_path in front of raw_path too; a server that leaves it out is as right.
+    spellings = {full, full[len(root):] if root and full.startswith(root) else full}
+    return bytes(raw).decode("latin-1") in {quote(path, safe=_PATH_SAFE) for path in spellings}
 
 
 def _first_header(scope: Scope, name: bytes) -> str | None:
@@ -153,6 +171,17 @@ async def _disconnected(receive: Receive) -> None:
         pass
 
 
+async def _respond(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes, *,
+                   complete: bool) -> None:
+    """Send one whole answer; ``complete``: whether the request's body was read to its end."""
+    if not any(name == b"content-length" for name, _ in headers):
+        headers.append((b"content-length", str(len(body)).encode("ascii")))
+    if not complete:
+        headers.append((b"connection", b"close"))  # the rest of the body is never read
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 class PollSessionApp:
     """An ASGI application serving one :class:`~pollsession.HttpHandler`.
 
@@ -188,6 +217,10 @@ class PollSessionApp:
             if gone:
                 return  # the client went away mid-body: nobody to answer
             too_large = False
+        if not _is_mounted_spelling(scope):  # as for any URL nothing is mounted at
+            await _respond(send, 404, [(b"content-type", b"text/plain; charset=utf-8")], b"Not Found",
+                           complete=complete)
+            return
         answering = asyncio.ensure_future(
             self.handler.handle_request_async(AsgiContext(scope, body, too_large=too_large)))
         watching = asyncio.ensure_future(_disconnected(receive))
@@ -200,12 +233,7 @@ class PollSessionApp:
             return
         answer = answering.result()
         headers = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in answer.headers]
-        if not any(name == b"content-length" for name, _ in headers):
-            headers.append((b"content-length", str(len(answer.body)).encode("ascii")))
-        if not complete:
-            headers.append((b"connection", b"close"))  # the rest of the body is never read
-        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
-        await send({"type": "http.response.body", "body": answer.body})
+        await _respond(send, answer.status, headers, answer.body, complete=complete)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

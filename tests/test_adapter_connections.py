@@ -16,9 +16,9 @@ import pytest
 import requests
 
 from pollsession import HttpHandler, Session
-from tests.utils import ADAPTERS, MS, RawConnection, serve, wait_until
+from tests.utils import ALL_ADAPTERS, MS, RawConnection, serve, wait_until
 
-TORNADO = [adapter for adapter in ADAPTERS if adapter.startswith("tornado")]
+TORNADO = [adapter for adapter in ALL_ADAPTERS if adapter.startswith("tornado")]
 
 
 async def idle(session: Session) -> None:
@@ -68,7 +68,7 @@ def test_aborted_uploads_leave_no_request_behind(adapter: str, framing: str) -> 
 # -- 4. early answers and keep-alive ---------------------------------------------------
 
 
-@pytest.mark.parametrize("adapter", ADAPTERS)
+@pytest.mark.parametrize("adapter", ALL_ADAPTERS)
 def test_put_patch_get_in_turn_on_one_client_never_fail(adapter: str, client: requests.Session) -> None:
     errors: list[str] = []
     with serve(adapter, make_handler()) as base:
@@ -101,7 +101,7 @@ def test_tornado_keeps_the_connection_after_a_405_it_read_whole(adapter: str) ->
         assert connection.response().body == b"ok"
 
 
-@pytest.mark.parametrize("adapter", ADAPTERS)
+@pytest.mark.parametrize("adapter", ALL_ADAPTERS)
 def test_an_answer_before_the_body_says_connection_close(adapter: str, client: requests.Session) -> None:
     with serve(adapter, make_handler()) as base:
         with RawConnection(base) as connection:

@@ -13,7 +13,7 @@ import pytest
 
 from pollsession import HttpHandler, Session
 from tests.test_adapter_bodies import open_session
-from tests.utils import ADAPTERS, RawConnection, serve
+from tests.utils import ALL_ADAPTERS, RawConnection, serve
 
 
 async def record(session: Session) -> None:
@@ -21,7 +21,7 @@ async def record(session: Session) -> None:
         pass
 
 
-@pytest.fixture(scope="module", params=ADAPTERS)
+@pytest.fixture(scope="module", params=ALL_ADAPTERS)
 def base(request: pytest.FixtureRequest) -> Iterator[str]:
     handler = HttpHandler(record, shutdown_timeout=1)
     with serve(request.param, handler) as url:

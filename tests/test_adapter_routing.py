@@ -2,7 +2,7 @@
 
 A session target answers only at its path spelled as mounted: another
 spelling of it (merged slashes, needless percent-escapes) is another URL,
-where nothing is mounted (404), on Flask as on Tornado. A header sent twice
+where nothing is mounted (404), on every adapter. A header sent twice
 reads as both values joined (RFC 9110), so a doubled ``Pollsession-Id`` names
 no session (410) and a doubled ``Origin`` is no allowed origin (403).
 """
@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from pollsession import HttpHandler, Session
-from tests.utils import ADAPTERS, RawConnection, serve
+from tests.utils import ALL_ADAPTERS, RawConnection, mount_handler, serve
 
 ODD_PATH = "/x/a:b@c,d;e=f"  # characters a client may leave unescaped in a path
 
@@ -28,7 +28,7 @@ async def idle(session: Session) -> None:
 _flask_bases: set[str] = set()
 
 
-@pytest.fixture(scope="module", params=ADAPTERS)
+@pytest.fixture(scope="module", params=ALL_ADAPTERS)
 def base(request: pytest.FixtureRequest) -> Iterator[str]:
     handler = HttpHandler(idle, shutdown_timeout=1)
     adapter = request.param
@@ -38,6 +38,8 @@ def base(request: pytest.FixtureRequest) -> Iterator[str]:
             from pollsession.adapters.flask import mount
 
             mount(app_or_routes, ODD_PATH, handler)
+        elif adapter == "asgi":
+            mount_handler(adapter, app_or_routes, ODD_PATH, handler)
         else:
             import re
 
@@ -93,6 +95,46 @@ def test_flask_compares_the_raw_path_a_wsgi_server_passes(raw: str | None, statu
         assert response.status_code == status, response.data[:200]
 
 
+@pytest.mark.parametrize("root, raw, status", [
+    ("", b"/poll", 200), ("", b"/%70oll", 404), ("", b"/pol%6C", 404), ("", None, 200),
+    ("/app", b"/app/poll", 200), ("/app", b"/%61pp/poll", 404),
+    ("/app", b"/poll", 200), ("/app", b"/%70oll", 404),  # a server whose raw_path leaves root_path out
+])
+def test_asgi_compares_the_raw_path_the_server_passes(root: str, raw: bytes | None, status: int) -> None:
+    # uvicorn passes the path percent-decoded, and the client's spelling of it as raw_path.
+    import asyncio
+
+    from pollsession.adapters.asgi import PollSessionApp
+
+    async def run() -> int:
+        handler = HttpHandler(idle, shutdown_timeout=1, use_running_loop=True)
+        app = PollSessionApp(handler, close_on_signals=False)
+        scope: dict[str, Any] = {"type": "http", "method": "GET", "root_path": root, "path": root + "/poll",
+                                 "query_string": b"test=1", "headers": [], "scheme": "http"}
+        if raw is not None:
+            scope["raw_path"] = raw
+        requests_in = [{"type": "http.request", "body": b"", "more_body": False}]
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            if requests_in:
+                return requests_in.pop()
+            await asyncio.Event().wait()  # the client stays: no http.disconnect
+            raise AssertionError("unreachable")
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        try:
+            await asyncio.wait_for(app(scope, receive, send), 10)
+        finally:
+            await handler.aclose()
+        assert [message["type"] for message in sent] == ["http.response.start", "http.response.body"]
+        return int(sent[0]["status"])
+
+    assert asyncio.run(run()) == status
+
+
 def open_session(base: str) -> str:
     with requests.Session() as client:
         client.trust_env = False
@@ -118,7 +160,7 @@ def test_a_repeated_origin_is_not_an_allowed_origin(base: str, order: str) -> No
 # -- what Tornado itself refuses inside the handler is the protocol's JSON too --------------
 
 
-@pytest.mark.parametrize("adapter", [adapter for adapter in ADAPTERS if adapter.startswith("tornado")])
+@pytest.mark.parametrize("adapter", [adapter for adapter in ALL_ADAPTERS if adapter.startswith("tornado")])
 def test_tornados_cross_origin_protection_leaves_origins_to_the_core(adapter: str) -> None:
     import tornado
 

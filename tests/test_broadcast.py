@@ -29,9 +29,9 @@ import requests
 
 from pollsession import HttpHandler, Session, SessionClosed
 from tests.test_targets import REQUEST_TIMEOUT, Peer
-from tests.utils import ADAPTERS, MS, serve, wait_until
+from tests.utils import ALL_ADAPTERS, MS, serve, wait_until
 
-parametrize_adapters = pytest.mark.parametrize("adapter", ADAPTERS)
+parametrize_adapters = pytest.mark.parametrize("adapter", ALL_ADAPTERS)
 
 
 def member_target(codes: dict[str, int | None]) -> Callable[[Session], Any]:
@@ -285,7 +285,7 @@ def send_from_request_thread(handler: HttpHandler, sid: str, data: Any) -> tuple
 
 
 def add_notify_route(adapter: str, handler: HttpHandler) -> Callable[[Any], None]:
-    """``POST /notify {"sid", "data"}``: a Flask view (a werkzeug thread) or a Tornado handler."""
+    """``POST /notify {"sid", "data"}``: a Flask view (a werkzeug thread), a Starlette or a Tornado handler."""
     if adapter == "flask":
         def extra_flask(app: Any) -> None:
             from flask import jsonify, request
@@ -298,6 +298,25 @@ def add_notify_route(adapter: str, handler: HttpHandler) -> Callable[[Any], None
             app.add_url_rule("/notify", view_func=notify, methods=["POST"])
 
         return extra_flask
+    if adapter == "asgi":
+        def extra_asgi(routes: list[Any]) -> None:
+            from starlette.requests import Request
+            from starlette.responses import JSONResponse
+            from starlette.routing import Route
+
+            async def notify(request: Request) -> JSONResponse:
+                body = await request.json()
+                try:  # the sessions run on the server's own loop: a direct await is the way there
+                    await handler.send_to(body["sid"], body["data"])
+                except KeyError:
+                    return JSONResponse({"error": "no such session"}, 404)
+                except SessionClosed as closed:
+                    return JSONResponse({"error": "closed", "code": closed.code}, 409)
+                return JSONResponse({"sent": True, "thread": threading.current_thread().name})
+
+            routes.append(Route("/notify", notify, methods=["POST"]))
+
+        return extra_asgi
 
     import tornado.escape
     import tornado.web

@@ -54,11 +54,12 @@ import requests
 
 from pollsession import HttpHandler, MessageType, Session, SessionClosed
 from pollsession.client import Client
-from tests.utils import ADAPTERS, MS, RawConnection, serve
+from tests.utils import ALL_ADAPTERS, MS, RawConnection, serve
 from tests.wire_fuzz import ALLOWED_ORIGINS, LIMITS, Answer, Expect, Fuzzer, Owned, Problem, Request, check, expect
 
 SEED = int(os.environ.get("POLLSESSION_FUZZ_SEED", "20240611"))
-REQUESTS = int(os.environ.get("POLLSESSION_FUZZ_REQUESTS", "10000"))
+# Per adapter: 7500 on each of the four keeps the 30000 requests (and the time) of 10000 on each of three.
+REQUESTS = int(os.environ.get("POLLSESSION_FUZZ_REQUESTS", "7500"))
 WORKERS = 4
 RAW_ROUNDS = 6  # each raw case runs this many times (fresh sessions, other variants)
 RAW_WORKERS = 3
@@ -412,7 +413,7 @@ def _fuzz(base: str, worker: int, count: int, run: Run) -> None:
         run.coverage["sessions still modeled at the end"] += sum(s.live for s in fuzzer.sessions)
 
 
-@pytest.mark.parametrize("adapter", ADAPTERS)
+@pytest.mark.parametrize("adapter", ALL_ADAPTERS)
 def test_wire_fuzz(adapter: str, error_log: ErrorLog) -> None:
     with fuzz_run(adapter, error_log, REQUESTS, "wire") as run:
         counts = [REQUESTS // WORKERS + (worker < REQUESTS % WORKERS) for worker in range(WORKERS)]
@@ -670,6 +671,10 @@ SERVER_ANSWERS: dict[str, dict[str, str]] = {
         "chunked-size-2**160-cut", "chunked-no-session")},
 }
 SERVER_ANSWERS["tornado-same-loop"] = SERVER_ANSWERS["tornado"]
+# uvicorn's h11 refuses this chunked framing while the adapter reads the body: its bare text 400, and a close.
+SERVER_ANSWERS["asgi"] = {name: "uvicorn's h11 refuses this chunked framing with a bare 400 and closes" for name in (
+    "chunked-bad-size", "chunked-negative-size", "chunked-0x-size", "chunked-data-overrun", "chunked-missing-crlf",
+    "chunked-size-2**160-cut", "chunked-no-session")}
 
 
 def raw_worker(run: Run, jobs: list[tuple[int, str, int]]) -> None:
@@ -757,7 +762,7 @@ def pseudo_request(name: str, expected: Want) -> Request:
                    expected.origin, False, "-", wire_path=expected.path, wire_query=expected.query)
 
 
-@pytest.mark.parametrize("adapter", ADAPTERS)
+@pytest.mark.parametrize("adapter", ALL_ADAPTERS)
 def test_raw_framing_fuzz(adapter: str, error_log: ErrorLog) -> None:
     rng = random.Random(f"{SEED}:raw")
     jobs: list[tuple[int, str, int]] = []

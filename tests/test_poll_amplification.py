@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from pollsession import HttpHandler, Session, SessionClosed
-from tests.utils import ADAPTERS, MS, serve, wait_until
+from tests.utils import ALL_ADAPTERS, MS, serve, wait_until
 
 TIMEOUT = 10_000 * MS  # seconds; the longest any single wait or request may take
 ATTACK_DEADLINE = 30_000 * MS  # seconds; an attacker stops after this long whatever happens
@@ -45,7 +45,7 @@ VICTIM_MESSAGES = 60
 # The densest JSON: [{"":{}},{"":{}},...], 8 bytes per element, just under 64 KiB.
 DENSE: list[dict[str, Any]] = [{"": {}}] * ((MESSAGE_SIZE - 1) // 8)
 
-pytestmark = pytest.mark.parametrize("adapter", ADAPTERS)
+pytestmark = pytest.mark.parametrize("adapter", ALL_ADAPTERS)
 
 
 class App:

@@ -26,7 +26,7 @@ import pytest
 import requests
 
 from pollsession import Forbidden, HttpHandler, RequestInfo, Session, SessionHandler, Unauthorized
-from tests.utils import ADAPTERS, MS, serve, wait_until
+from tests.utils import ALL_ADAPTERS, MS, serve, wait_until
 
 KINDS = ("function", "class")
 REQUEST_TIMEOUT = 5000 * MS  # on top of any hold the request asks for
@@ -224,7 +224,7 @@ async def _holds_poll(handler: HttpHandler, sid: str) -> bool:
     return channel is not None and channel.delivery.holds_poll
 
 
-parametrize_adapters = pytest.mark.parametrize("adapter", ADAPTERS)
+parametrize_adapters = pytest.mark.parametrize("adapter", ALL_ADAPTERS)
 parametrize_kinds = pytest.mark.parametrize("kind", KINDS)
 
 

@@ -19,16 +19,17 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["MS", "ADAPTERS", "RawConnection", "RawResponse", "serve", "wait_until"]
+__all__ = ["MS", "ADAPTERS", "ALL_ADAPTERS", "RawConnection", "RawResponse", "mount_handler", "serve", "wait_until"]
 
 MS = 0.001 * float(os.environ.get("POLLSESSION_TEST_SCALE", "1"))
 
 # "tornado-same-loop" is Tornado with HttpHandler(use_running_loop=True): the
 # sessions run on Tornado's own loop instead of the handler's thread.
 ADAPTERS = ("flask", "tornado", "tornado-same-loop")
-"""The adapters every adapter-level test covers (bodies, headers, connections, the fuzzer)."""
+"""The Flask and Tornado adapters: what the browser client's tests run on (not yet on ASGI)."""
 ALL_ADAPTERS = (*ADAPTERS, "asgi")
-"""ADAPTERS and the ASGI adapter under uvicorn: the conformance suite and both clients' tests run on each."""
+"""ADAPTERS and the ASGI adapter under uvicorn: every adapter-level test (bodies, headers, connections,
+routing, the fuzzer), the conformance suite and both Python clients' tests run on each."""
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 5000 * MS, what: str = "condition") -> Any:
@@ -148,11 +149,16 @@ def _serve_asgi(handler: Any, extra: Callable[[Any], None] | None) -> Iterator[s
     routes: list[Any] = [Route("/poll", PollSessionApp(handler))]
     if extra is not None:
         extra(routes)
-    sock = socket.socket()
+    # IPPROTO_TCP, as uvicorn binds its own: asyncio sets TCP_NODELAY only on such sockets, and without it
+    # every answer's body (written after its head) waits ~40 ms for the client's delayed ACK.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(Starlette(routes=routes), log_level="warning", lifespan="off",
-                                           timeout_keep_alive=30))
+    app = Starlette(routes=routes)
+    # Where nothing is mounted, a 404 as on the other adapters' servers: not Starlette's default
+    # redirect of "/poll/" to "/poll", which is the application's router speaking, not the adapter.
+    app.router.redirect_slashes = False
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", timeout_keep_alive=30))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="asgi-test-server",
                               daemon=True)
     thread.start()
